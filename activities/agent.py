@@ -1,0 +1,459 @@
+"""The agent's activities: hold a lease, download artifacts, run tasks, ship logs.
+
+One `AgentActivities` object per agent process holds what they share: the
+Temporal client (to tell a workflow it got the lease), the work directory, the
+artifact cache, the log store and the agent's environment, read once at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import shutil
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from activities.artifacts import ArtifactCache
+from activities.logs import LogStore, LogWriter, SecretMasker
+from activities.process import run_process
+from workflows.agent_api import (
+    LEASE_GRANTED_SIGNAL,
+    CleanupRequest,
+    DownloadedArtifact,
+    DownloadRequest,
+    DownloadResult,
+    JobContext,
+    LeaseGranted,
+    LeaseRequest,
+    LeaseResult,
+    RunTaskRequest,
+    RunTaskResult,
+    ShipLogsRequest,
+    ShipLogsResult,
+    TaskProgress,
+)
+from workflows.names import agent_queue
+from workflows.pipeline import SecretRef, Task
+
+T = TypeVar("T")
+HEARTBEAT_EVERY = 1.0  # the SDK throttles the actual RPCs to 0.8 x heartbeat timeout
+
+
+@dataclass
+class LeaseState:
+    """One job this agent is holding, by lease id."""
+
+    context: JobContext
+    job_dir: Path
+    log_dir: Path
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class TaskError(Exception):
+    """A task failed for a reason of its own (bad input, missing secret): not the agent's."""
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+class AgentActivities:
+    """Activities of one agent process; see DESIGN.md "Agents and task queues"."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        agent_id: str,
+        agent_name: str,
+        work_dir: Path,
+        log_store: LogStore,
+        base_env: dict[str, str],
+    ) -> None:
+        self._client = client
+        self.agent_id = agent_id
+        self.agent_name = agent_name
+        self._work_dir = work_dir
+        self._cache = ArtifactCache(work_dir / "cache")
+        self._log_store = log_store
+        self._base_env = base_env
+        self._leases: dict[str, LeaseState] = {}
+
+    # --- the lease, on pool/<pool> ------------------------------------------------------
+
+    @activity.defn(name="lease_agent")
+    async def lease_agent(self, request: LeaseRequest) -> LeaseResult:
+        """Hold this agent for one job until `cleanup` ends it or the workflow cancels it.
+
+        Tells the workflow where to send the job's steps (this agent's own queue),
+        then heartbeats for the whole job: when the agent dies, the heartbeat
+        timeout tells the workflow at once. Not retried: the workflow leases again.
+        """
+        info = activity.info()
+        context = request.context
+        lease_dir = self._work_dir / "jobs" / _safe(context.lease_id)
+        lease = LeaseState(context=context, job_dir=lease_dir / "w", log_dir=lease_dir / "logs")
+        self._leases[context.lease_id] = lease
+        try:
+            lease.job_dir.mkdir(parents=True, exist_ok=True)
+            lease.log_dir.mkdir(parents=True, exist_ok=True)
+            activity.heartbeat("granted")
+            assert info.workflow_id is not None, "lease_agent runs for a StageWorkflow"
+            handle = self._client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+            await handle.signal(
+                LEASE_GRANTED_SIGNAL,
+                LeaseGranted(
+                    lease_id=context.lease_id,
+                    agent_id=self.agent_id,
+                    agent_name=self.agent_name,
+                    task_queue=agent_queue(self.agent_id),
+                ),
+            )
+            while not lease.done.is_set():
+                activity.heartbeat(f"running job {context.job} of {context.stage}")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(lease.done.wait(), timeout=HEARTBEAT_EVERY)
+            return LeaseResult(agent_id=self.agent_id, ended="completed")
+        finally:
+            self._leases.pop(context.lease_id, None)
+            await asyncio.to_thread(shutil.rmtree, lease_dir, True)
+
+    # --- the job's steps, on agent/<agent-id> -------------------------------------------
+
+    @activity.defn(name="download_artifacts")
+    async def download_artifacts(self, request: DownloadRequest) -> DownloadResult:
+        """Put every artifact under $STAGEFLOW_ARTIFACTS/<alias>, through the content cache.
+
+        Idempotent: a retry replaces what a failed try left.
+        """
+        lease = self._lease(request.context)
+        root = lease.job_dir / "artifacts"
+        root.mkdir(parents=True, exist_ok=True)
+        results = []
+        for artifact in request.artifacts:
+            dest = root / artifact.alias
+            if dest.exists():
+                await asyncio.to_thread(_remove_tree, dest)
+            try:
+                fetched = await _heartbeating(
+                    self._cache.fetch(artifact, dest), f"downloading {artifact.alias}"
+                )
+            except ValueError as err:  # ArtifactError: wrong checksum, missing version
+                raise ApplicationError(
+                    f"artifact {artifact.alias!r} {artifact.version}: {err}",
+                    type="ArtifactUnavailable",
+                    non_retryable=True,
+                ) from err
+            results.append(
+                DownloadedArtifact(
+                    alias=artifact.alias,
+                    version=artifact.version,
+                    path=str(fetched.path),
+                    cached=fetched.cached,
+                    bytes=fetched.bytes,
+                    seconds=fetched.seconds,
+                )
+            )
+        return DownloadResult(artifacts=results)
+
+    @activity.defn(name="run_task")
+    async def run_task(self, request: RunTaskRequest) -> RunTaskResult:
+        """Run one task; its output streams to a local log, secrets masked.
+
+        Not idempotent (a script may deploy twice), so never retried by Temporal:
+        the workflow decides about retries (`retries:`) and logs each try apart.
+        Cancellation kills the task's whole process group before it is reported.
+        """
+        lease = self._lease(request.context)
+        task = request.task
+        log_path = lease.log_dir / f"{request.index:02d}-try{request.try_number}.log"
+        started = time.monotonic()
+        with LogWriter(log_path) as log:
+            log.note(f"##[stageflow] task {task.name!r} ({task.kind}) on agent {self.agent_name}")
+            try:
+                secrets = self._resolve_secrets(request.secrets)
+                masker = SecretMasker(list(secrets.values()))
+                env = self._task_env(request, lease, secrets)
+                variables = {**request.variables, **secrets}
+                cwd = _inside(lease.job_dir, _render(task.working_dir or ".", variables))
+                cwd.mkdir(parents=True, exist_ok=True)
+                if task.kind in ("script", "file"):
+                    argv = self._script_argv(task, lease, request.index, variables)
+                    outcome = await run_process(
+                        argv,
+                        env=env,
+                        cwd=cwd,
+                        log=log,
+                        masker=masker,
+                        timeout=task.timeout.total_seconds(),
+                        on_progress=lambda: activity.heartbeat(
+                            TaskProgress(
+                                bytes=log.bytes_written,
+                                last_lines=log.last_lines(5),
+                                log_path=str(log_path),
+                            )
+                        ),
+                    )
+                    message = (
+                        f"timed out after {task.timeout}"
+                        if outcome.timed_out
+                        else f"exit code {outcome.exit_code}"
+                    )
+                    return RunTaskResult(
+                        succeeded=outcome.exit_code == 0 and not outcome.timed_out,
+                        exit_code=outcome.exit_code,
+                        timed_out=outcome.timed_out,
+                        duration=timedelta(seconds=outcome.duration),
+                        log_path=str(log_path),
+                        log_bytes=log.bytes_written,
+                        message=message,
+                    )
+                runner = {"template": _render_template, "copy": _copy, "http": _http}[task.kind]
+                await asyncio.wait_for(
+                    _heartbeating(runner(task, lease, cwd, variables, log, masker), task.name),
+                    timeout=task.timeout.total_seconds(),
+                )
+                log.note("##[stageflow] succeeded")
+                succeeded, message = True, "succeeded"
+            except (TaskError, TemplateError, OSError, httpx.HTTPError) as err:
+                text = (
+                    f"{type(err).__name__}: {err}" if not isinstance(err, TaskError) else str(err)
+                )
+                log.note(f"##[stageflow] failed: {text}")
+                succeeded, message = False, text
+            except TimeoutError:
+                log.note(f"##[stageflow] timed out after {task.timeout}")
+                succeeded, message = False, f"timed out after {task.timeout}"
+            return RunTaskResult(
+                succeeded=succeeded,
+                exit_code=0 if succeeded else 1,
+                duration=timedelta(seconds=time.monotonic() - started),
+                log_path=str(log_path),
+                log_bytes=log.bytes_written,
+                message=message,
+            )
+
+    @activity.defn(name="ship_logs")
+    async def ship_logs(self, request: ShipLogsRequest) -> ShipLogsResult:
+        """Copy a task's local log (and its timestamp index) to the log store. Idempotent."""
+        size = await asyncio.to_thread(self._log_store.put, request.key, Path(request.log_path))
+        return ShipLogsResult(key=request.key, bytes=size)
+
+    @activity.defn(name="cleanup")
+    async def cleanup(self, request: CleanupRequest) -> None:
+        """Remove the job's work dir and end its lease here, so the agent is free at once."""
+        lease = self._leases.get(request.context.lease_id)
+        if lease is not None:
+            lease.done.set()  # the lease activity removes the directories as it ends
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _lease(self, context: JobContext) -> LeaseState:
+        lease = self._leases.get(context.lease_id)
+        if lease is None:
+            raise ApplicationError(
+                f"agent {self.agent_name} holds no lease {context.lease_id}",
+                type="LeaseNotHeld",
+                non_retryable=True,
+            )
+        return lease
+
+    def _resolve_secrets(self, refs: dict[str, SecretRef]) -> dict[str, str]:
+        values = {}
+        for name, ref in refs.items():
+            if ref.kind == "env":
+                if ref.location not in self._base_env:
+                    raise TaskError(
+                        f"secret {name}: environment variable {ref.location} is not set "
+                        f"on agent {self.agent_name}"
+                    )
+                values[name] = self._base_env[ref.location]
+            else:
+                try:
+                    values[name] = Path(ref.location).expanduser().read_text().rstrip("\n")
+                except OSError as err:
+                    raise TaskError(
+                        f"secret {name}: cannot read {ref.location} on agent "
+                        f"{self.agent_name}: {err.strerror}"
+                    ) from err
+        return values
+
+    def _task_env(
+        self, request: RunTaskRequest, lease: LeaseState, secrets: dict[str, str]
+    ) -> dict[str, str]:
+        env = dict(self._base_env)
+        env.update(request.variables)
+        env.update(secrets)
+        env.update(
+            {k: _render(v, {**request.variables, **secrets}) for k, v in request.task.env.items()}
+        )
+        env.update(request.context.environment())
+        env["STAGEFLOW_WORK_DIR"] = str(lease.job_dir)
+        env["STAGEFLOW_ARTIFACTS"] = str(lease.job_dir / "artifacts")
+        env["STAGEFLOW_AGENT"] = self.agent_name
+        env["STAGEFLOW_TASK"] = request.task.name
+        env["STAGEFLOW_TRY"] = str(request.try_number)
+        return env
+
+    def _script_argv(
+        self, task: Task, lease: LeaseState, index: int, variables: dict[str, str]
+    ) -> list[str]:
+        args = [_render(arg, variables) for arg in task.args]
+        if task.file is not None:
+            path = _inside(lease.job_dir / "artifacts", _render(task.file, variables))
+            if not path.is_file():
+                raise TaskError(f"script file {task.file} is not in the artifacts")
+            shell = "python" if path.suffix == ".py" and task.shell == "bash" else task.shell
+        else:
+            assert task.script is not None
+            suffix = ".py" if task.shell == "python" else ".sh"
+            path = lease.job_dir.parent / f"task-{index:02d}{suffix}"
+            path.write_text(task.script)
+            shell = task.shell
+        if shell == "python":
+            return [shutil.which("python3") or sys.executable, "-u", str(path), *args]
+        if shell == "sh":
+            return ["sh", "-e", str(path), *args]
+        return ["bash", "--noprofile", "--norc", "-e", "-o", "pipefail", str(path), *args]
+
+
+# --- in-process task kinds -------------------------------------------------------------
+
+
+def _render(text: str, variables: dict[str, str]) -> str:
+    """Render a task input as a template; variables' values are data, never re-rendered."""
+    if "{{" not in text and "{%" not in text:
+        return text
+    env = SandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+    return env.from_string(text).render(variables)
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """`relative` under `root`; an absolute path stays as given (the task's choice)."""
+    path = Path(relative)
+    return path if path.is_absolute() else (root / path)
+
+
+async def _render_template(
+    task: Task,
+    lease: LeaseState,
+    cwd: Path,
+    variables: dict[str, str],
+    log: LogWriter,
+    masker: SecretMasker,
+) -> None:
+    spec = task.template
+    assert spec is not None
+    source = _inside(lease.job_dir / "artifacts", _render(spec.source, variables))
+    target = _inside(cwd, _render(spec.target, variables))
+    if not source.is_file():
+        raise TaskError(f"template {spec.source} is not in the artifacts")
+    env = SandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+    context: dict[str, Any] = {**variables, "env": dict(variables)}
+    text = env.from_string(source.read_text()).render(context)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    log.note(f"rendered {spec.source} -> {target} ({len(text.encode())} bytes)")
+
+
+async def _copy(
+    task: Task,
+    lease: LeaseState,
+    cwd: Path,
+    variables: dict[str, str],
+    log: LogWriter,
+    masker: SecretMasker,
+) -> None:
+    spec = task.copy_
+    assert spec is not None
+    target = _inside(cwd, _render(spec.target, variables))
+    target.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for pattern in spec.sources:
+        matches = sorted(
+            glob.glob(
+                str(_inside(lease.job_dir / "artifacts", _render(pattern, variables))),
+                recursive=True,
+            )
+        )
+        if not matches:
+            raise TaskError(f"copy: nothing matches {pattern}")
+        for match in matches:
+            source = Path(match)
+            dest = target / source.name
+            if dest.exists() and not spec.overwrite:
+                raise TaskError(f"copy: {dest} exists and overwrite is false")
+            if source.is_dir():
+                await asyncio.to_thread(shutil.copytree, source, dest, dirs_exist_ok=True)
+            else:
+                await asyncio.to_thread(shutil.copyfile, source, dest)
+            count += 1
+            log.note(f"copied {source} -> {dest}")
+    log.note(f"copied {count} item(s) to {target}")
+
+
+async def _http(
+    task: Task,
+    lease: LeaseState,
+    cwd: Path,
+    variables: dict[str, str],
+    log: LogWriter,
+    masker: SecretMasker,
+) -> None:
+    spec = task.http
+    assert spec is not None
+    url = _render(spec.url, variables)
+    expected = spec.expect_status if isinstance(spec.expect_status, list) else [spec.expect_status]
+    async with httpx.AsyncClient(timeout=spec.timeout.total_seconds()) as client:
+        response = await client.request(
+            spec.method,
+            url,
+            headers={k: _render(v, variables) for k, v in spec.headers.items()},
+            content=_render(spec.body, variables).encode() if spec.body is not None else None,
+        )
+    log.write(masker.feed(f"{spec.method} {url} -> {response.status_code}\n".encode()))
+    log.write(masker.feed(response.content[:4096]) + masker.flush())
+    if response.status_code not in expected:
+        raise TaskError(
+            f"{spec.method} {url} answered {response.status_code}, expected "
+            + " or ".join(map(str, expected))
+        )
+
+
+async def _heartbeating(work: Awaitable[T], what: str) -> T:
+    """Await `work`, heartbeating meanwhile so a long step shows it is alive."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
+        if done:
+            return task.result()
+        with contextlib.suppress(RuntimeError):  # outside an activity (tests)
+            activity.heartbeat(what)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a tree even when the cache made its files read-only."""
+
+    def make_writable(func: Callable[..., Any], failed: str, _exc: Any) -> None:
+        os.chmod(os.path.dirname(failed), 0o755)
+        func(failed)
+
+    shutil.rmtree(path, onerror=make_writable)

@@ -1,0 +1,254 @@
+"""Running a task's process: its output into the log with secrets masked, progress
+callbacks for heartbeats, and timeouts and cancellation that take down the whole
+process group, grandchildren included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from activities.logs import LogWriter, SecretMasker
+
+CHUNK_BYTES = 256 * 1024
+# After the process exits, a background grandchild may still hold its output
+# open: read for this long, then kill the group and stop reading.
+DRAIN_AFTER_EXIT = 2.0
+# After killing the group, how long to wait for the output to close.
+DRAIN_AFTER_KILL = 1.0
+GROUP_POLL_INTERVAL = 0.05
+EXIT_POLL_INTERVAL = 0.05
+
+
+@dataclass
+class ProcessOutcome:
+    """How a task's process ended.
+
+    `run_process` re-raises cancellation rather than returning, so it never
+    returns `canceled=True`; the field is for callers that record a canceled run.
+    """
+
+    exit_code: int | None  # None when killed by us; negative: killed by that signal
+    timed_out: bool
+    canceled: bool
+    duration: float  # seconds
+
+
+async def run_process(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    log: LogWriter,
+    masker: SecretMasker,
+    timeout: float | None,
+    on_progress: Callable[[], None] | None = None,
+    progress_interval: float = 1.0,
+    kill_grace: float = 5.0,
+) -> ProcessOutcome:
+    """Run `argv` (no shell) in its own process group and log its output.
+
+    stdout and stderr go, masked, to `log`; stdin is /dev/null; `env` is the
+    whole environment. `on_progress` is called every `progress_interval` seconds
+    whether or not output flows. On timeout or cancellation the process group
+    gets SIGTERM, then SIGKILL after `kill_grace` seconds; cancellation is
+    re-raised once the group is gone. Whatever happens, no process of the group
+    outlives this call, and the log ends with a `##[stageflow]` line saying how
+    the process ended.
+    """
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            limit=CHUNK_BYTES,
+        )
+    except OSError as err:
+        log.note(f"could not start {argv[0] if argv else 'an empty command'}: {err}")
+        raise
+    run = _RunningProcess(proc, log, masker, on_progress, progress_interval)
+    timed_out = False
+    try:
+        try:
+            if not await run.wait_for(run.exited, timeout):
+                timed_out = True
+                await run.terminate(kill_grace)
+            await run.drain()
+        except asyncio.CancelledError:
+            await run.terminate(kill_grace)
+            await run.drain()
+            log.note("canceled, process group killed")
+            raise
+    finally:
+        await run.clean_up()
+
+    if timed_out:
+        log.note(f"timed out after {timeout:g}s, process group killed")
+        exit_code = None
+    else:
+        assert proc.returncode is not None  # run.exited is done
+        exit_code = proc.returncode
+        log.note(f"exit code {exit_code}{_signal_suffix(exit_code)}")
+    return ProcessOutcome(
+        exit_code=exit_code,
+        timed_out=timed_out,
+        canceled=False,
+        duration=time.monotonic() - started,
+    )
+
+
+class _RunningProcess:
+    """One started process: the task copying its output to the log, the task
+    waiting for its exit, progress ticks, and how to end its process group."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        log: LogWriter,
+        masker: SecretMasker,
+        on_progress: Callable[[], None] | None,
+        progress_interval: float,
+    ) -> None:
+        self.proc = proc
+        # start_new_session: the child leads a new process group with its pid as id.
+        self.pgid = proc.pid
+        self.log = log
+        self.masker = masker
+        self.on_progress = on_progress
+        self.progress_interval = progress_interval
+        self.next_progress = time.monotonic() + progress_interval
+        self.output_ended = False
+        self.exited: asyncio.Future[int] = asyncio.ensure_future(self._wait_for_exit())
+        self.pump: asyncio.Future[None] = asyncio.ensure_future(self._copy_output())
+
+    async def _wait_for_exit(self) -> int:
+        # On Python 3.11 Process.wait() returns only once the output pipe is closed
+        # too, which a background grandchild can hold open for ever; the return code
+        # is set as soon as the process exits, so look at it as well.
+        waiting = asyncio.ensure_future(self.proc.wait())
+        try:
+            while self.proc.returncode is None:
+                await asyncio.wait({waiting}, timeout=EXIT_POLL_INTERVAL)
+        finally:
+            waiting.cancel()
+        return self.proc.returncode
+
+    async def _copy_output(self) -> None:
+        assert self.proc.stdout is not None
+        read = self.proc.stdout.read
+        write = self.log.write
+        feed = self.masker.feed
+        while chunk := await read(CHUNK_BYTES):
+            write(feed(chunk))
+
+    async def wait_for(self, future: asyncio.Future[Any], seconds: float | None) -> bool:
+        """Wait up to `seconds` (None: no limit) for `future`, calling `on_progress`
+        on time meanwhile. False if the time ran out. Raises if copying output failed."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not future.done():
+            self._raise_if_pump_failed()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            step = None if deadline is None else deadline - now
+            if self.on_progress is not None:
+                until_progress = max(0.0, self.next_progress - now)
+                step = until_progress if step is None else min(step, until_progress)
+            watched: set[asyncio.Future[Any]] = {future}
+            if not self.pump.done():
+                watched.add(self.pump)
+            await asyncio.wait(watched, timeout=step, return_when=asyncio.FIRST_COMPLETED)
+            self._progress_if_due()
+        self._raise_if_pump_failed()
+        return True
+
+    async def terminate(self, grace: float) -> None:
+        """SIGTERM the group; SIGKILL it once the grace time is over or the group is gone."""
+        deadline = time.monotonic() + grace
+        self._signal_group(signal.SIGTERM)
+        await self.wait_for(self.exited, grace)
+        # Grandchildren get what is left of the grace time too.
+        while self._group_alive() and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(GROUP_POLL_INTERVAL, left))
+            self._progress_if_due()
+        self._signal_group(signal.SIGKILL)
+        await self.wait_for(self.exited, None)
+
+    async def drain(self) -> None:
+        """Once the process has exited: log the rest of its output, but do not
+        wait forever for a background grandchild that keeps the output open."""
+        if not await self.wait_for(self.pump, DRAIN_AFTER_EXIT):
+            self._signal_group(signal.SIGKILL)
+            if not await self.wait_for(self.pump, DRAIN_AFTER_KILL):
+                # Held open by a process that left the group (setsid): stop reading.
+                self.pump.cancel()
+            self._end_output()
+            self.log.note(
+                f"output still open {DRAIN_AFTER_EXIT:g}s after the process exited, "
+                "process group killed"
+            )
+        self._end_output()
+
+    async def clean_up(self) -> None:
+        """Make sure nothing of the group survives and no task or pipe is left over."""
+        self._signal_group(signal.SIGKILL)
+        leftovers = [task for task in (self.pump, self.exited) if not task.done()]
+        if not self.pump.done():
+            # Closes the pipe (and kills the child if somehow still running).
+            transport = getattr(self.proc, "_transport", None)
+            if transport is not None:
+                transport.close()
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        if self.pump.done() and not self.pump.cancelled():
+            self.pump.exception()  # retrieved, so asyncio does not warn about it
+
+    def _end_output(self) -> None:
+        if not self.output_ended:
+            self.output_ended = True
+            self.log.write(self.masker.flush())
+
+    def _progress_if_due(self) -> None:
+        if self.on_progress is not None and time.monotonic() >= self.next_progress:
+            self.on_progress()
+            self.next_progress = time.monotonic() + self.progress_interval
+
+    def _raise_if_pump_failed(self) -> None:
+        if self.pump.done() and not self.pump.cancelled():
+            error = self.pump.exception()
+            if error is not None:
+                raise error
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        try:
+            os.killpg(self.pgid, signum)
+        except ProcessLookupError:
+            pass  # the group is gone already
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _signal_suffix(exit_code: int) -> str:
+    if exit_code >= 0:
+        return ""
+    try:
+        return f" (killed by {signal.Signals(-exit_code).name})"
+    except ValueError:
+        return " (killed by a signal)"

@@ -1,0 +1,331 @@
+"""The `stageflow` command line: parse, call one function, render.
+
+Exit codes: 0 fine, 1 a deployment failed (or was rejected or canceled), 2 bad
+input (invalid pipeline, unknown release or stage, refused request) or no server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn
+
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from starter.pipeline_loader import InvalidPipeline, load_pipeline, pipeline_json_schema
+from starter.releases import (
+    ReleaseNotFound,
+    ReleaseRef,
+    StageNotFound,
+)
+from worker.settings import Settings, connect
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A mistake in what the user asked: one line, exit code 2."""
+
+
+class ServerUnavailable(Exception):
+    pass
+
+
+# --- argument parsing ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--as", dest="user", help="who you are (else $STAGEFLOW_USER, else the OS user)"
+    )
+    common.add_argument(
+        "--address", help="Temporal address (else $TEMPORAL_ADDRESS, 127.0.0.1:7233)"
+    )
+    common.add_argument(
+        "--namespace", help="Temporal namespace (else $TEMPORAL_NAMESPACE, default)"
+    )
+    common.add_argument(
+        "--data-dir", help="data directory (else $STAGEFLOW_DATA_DIR, ~/.stageflow)"
+    )
+    common.add_argument("--task-queue", help=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    parser = argparse.ArgumentParser(
+        prog="stageflow",
+        description="Stageflow: releases through stages, on Temporal.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common, *parents])
+
+    pipeline = command("pipeline", "validate a pipeline file or print its JSON Schema")
+    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+    validate = pipeline_sub.add_parser("validate", help="check a pipeline file", parents=[common])
+    validate.add_argument("file")
+    pipeline_sub.add_parser("schema", help="print the pipeline JSON Schema", parents=[common])
+
+    release = command("release", "create, list and show releases")
+    release_sub = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
+    create = release_sub.add_parser(
+        "create", help="create a release of a pipeline", parents=[common]
+    )
+    create.add_argument("file", help="the pipeline YAML")
+    create.add_argument("--artifact", action="append", default=[], metavar="ALIAS=VERSION")
+    create.add_argument("--var", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument("--until", metavar="STAGE", help="deploy no further than this stage")
+    create.add_argument("--description", default="")
+    create.add_argument("--wait", action="store_true", help="show progress until the stages settle")
+    listing = release_sub.add_parser("list", help="releases, newest first", parents=[common])
+    listing.add_argument("--pipeline")
+    listing.add_argument("--status")
+    listing.add_argument("--limit", type=int, default=20)
+    show = release_sub.add_parser("show", help="one release and its stages", parents=[common])
+    show.add_argument("release", metavar="PIPELINE/NUMBER")
+
+    for name, help in (
+        ("deploy", "deploy a stage of a release"),
+        ("redeploy", "deploy a stage of a release again"),
+        ("cancel", "cancel the running deployment of a stage"),
+    ):
+        action = command(name, help)
+        action.add_argument("release", metavar="PIPELINE/NUMBER")
+        action.add_argument("stage")
+    abandon = command("abandon", "abandon a release: nothing more deploys")
+    abandon.add_argument("release", metavar="PIPELINE/NUMBER")
+    abandon.add_argument("--reason", default="")
+
+    logs = command("logs", "task logs of a release")
+    logs.add_argument("release", metavar="PIPELINE/NUMBER")
+    logs.add_argument("--stage")
+    logs.add_argument("--task")
+    logs.add_argument("--attempt", type=int)
+    logs.add_argument("--follow", "-f", action="store_true", help="stream a running task")
+    logs.add_argument("--no-timestamps", action="store_true")
+
+    history = command("history", "the audit trail of a release")
+    history.add_argument("release", metavar="PIPELINE/NUMBER")
+
+    server = command("server", "run the local Temporal dev server (SQLite in the data dir)")
+    server.add_argument(
+        "--port", type=int, default=7233, help="gRPC port; the Web UI is on port + 1000"
+    )
+    server.add_argument("--headless", action="store_true", help="no Web UI")
+    command("worker", "run a control worker (workflows)")
+    agent = command("agent", "run an agent that takes jobs from a pool")
+    agent.add_argument("--pool", required=True)
+    agent.add_argument("--name")
+    agent.add_argument("--capacity", type=int, default=1)
+    agent.add_argument("--work-dir")
+    up = command("up", "run the local stack: server, control worker and one agent")
+    up.add_argument("--port", type=int, default=7233)
+    up.add_argument("--headless", action="store_true")
+    up.add_argument("--pool", default="linux", help="the pool of the agent it starts")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env().with_flags(
+        address=args.address,
+        namespace=args.namespace,
+        data_dir=args.data_dir,
+        user=args.user,
+        task_queue=args.task_queue,
+    )
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    if args.pipeline_command == "schema":
+        print(json.dumps(pipeline_json_schema(), indent=2))
+        return EXIT_OK
+    pipeline, revision = load_pipeline(args.file)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "valid": True,
+                    "name": pipeline.name,
+                    "revision": revision,
+                    "stages": pipeline.stage_names,
+                }
+            )
+        )
+    else:
+        print(
+            f"{args.file}: pipeline {pipeline.name!r} is valid "
+            f"({len(pipeline.stages)} stages: {' -> '.join(pipeline.stage_names)})"
+        )
+    return EXIT_OK
+
+
+async def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    from starter import commands
+
+    if args.release_command == "create":
+        if not Path(args.file).exists():
+            raise UserError(f"{args.file}: no such file")
+        load_pipeline(args.file)  # invalid input is refused before any connection
+        client = await _client(settings)
+        return await commands.create(client, settings, args)
+    client = await _client(settings)
+    if args.release_command == "list":
+        return await commands.list_releases(client, settings, args)
+    return await commands.show(client, settings, args)
+
+
+async def cmd_release_action(args: argparse.Namespace, settings: Settings) -> int:
+    from starter import commands
+
+    ref = _ref(args.release)
+    client = await _client(settings)
+    handler: Callable[..., Awaitable[int]] = getattr(commands, args.command)
+    return await handler(client, settings, args, ref)
+
+
+def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.devserver import start_dev_server, stop_process
+
+    process = start_dev_server(settings.data_dir, args.port, headless=args.headless)
+    print(
+        f"Temporal dev server on 127.0.0.1:{args.port} (pid {process.pid}), data in {settings.data_dir}"
+    )
+    if not args.headless:
+        print(f"Web UI: http://127.0.0.1:{args.port + 1000}")
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        stop_process(process)
+        return EXIT_OK
+
+
+async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.control import run_control_worker
+
+    client = await _client(settings, identity=f"control-worker@{os.uname().nodename}")
+    stop = _stop_on_signals()
+    print(f"control worker polling {settings.task_queue!r} at {settings.address}", flush=True)
+    await run_control_worker(client, stop, settings.task_queue)
+    return EXIT_OK
+
+
+async def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.agent import AgentOptions, run_agent
+
+    options = AgentOptions.build(settings, args.pool, args.name, args.capacity, args.work_dir)
+    if options.capacity < 1:
+        raise UserError("--capacity must be at least 1")
+    client = await _client(settings, identity=f"agent {options.name}")
+    await run_agent(client, settings, options, _stop_on_signals())
+    return EXIT_OK
+
+
+async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.up import run_stack
+
+    return await run_stack(settings, args.port, headless=args.headless, pool=args.pool)
+
+
+# --- plumbing ----------------------------------------------------------------------------
+
+
+def _ref(text: str) -> ReleaseRef:
+    try:
+        return ReleaseRef.parse(text)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+async def _client(settings: Settings, identity: str | None = None) -> Client:
+    try:
+        return await asyncio.wait_for(connect(settings, identity), timeout=10)
+    except (TimeoutError, RuntimeError, RPCError, OSError) as err:
+        raise ServerUnavailable(
+            f"cannot reach the Temporal server at {settings.address} ({_short(err)}). "
+            "Start the local stack with `stageflow up` (or `stageflow server`), "
+            "or point TEMPORAL_ADDRESS / --address at your cluster."
+        ) from err
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:160]
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command
+    if command == "pipeline":
+        return cmd_pipeline(args, settings)
+    if command == "server":
+        return cmd_server(args, settings)
+    runner: dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]] = {
+        "release": cmd_release,
+        "deploy": cmd_release_action,
+        "redeploy": cmd_release_action,
+        "cancel": cmd_release_action,
+        "abandon": cmd_release_action,
+        "logs": cmd_release_action,
+        "history": cmd_release_action,
+        "worker": cmd_worker,
+        "agent": cmd_agent,
+        "up": cmd_up,
+    }
+    return asyncio.run(runner[command](args, settings))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code. Expected failures print one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from(args)
+        return _dispatch(args, settings)
+    except InvalidPipeline as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UserError, ReleaseNotFound, StageNotFound, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except RPCError as err:
+        print(f"error: Temporal said: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> NoReturn:
+    """Console entry point. Leaves with os._exit so a client runtime torn down badly at
+    interpreter exit (sdk-python #300) cannot change the exit code."""
+    code = run()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

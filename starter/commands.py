@@ -1,0 +1,233 @@
+"""The release commands of the CLI: one function each, printing what they did."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
+from temporalio.client import Client
+
+from starter import render
+from starter.releases import (
+    ReleaseRef,
+    StageNotFound,
+    abandon_release,
+    cancel_stage,
+    create_release,
+    find_outcome,
+    parse_vars,
+    release_history,
+    release_status,
+    request_deploy,
+    settled,
+)
+from worker.settings import Settings
+from workflows.release import ReleaseStatus, StageStatus
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+FAILED_STATUSES = {StageStatus.FAILED, StageStatus.CANCELED}
+POLL = 0.3
+
+
+async def create(client: Client, settings: Settings, args: argparse.Namespace) -> int:
+    created = await create_release(
+        client,
+        Path(args.file),
+        user=settings.user,
+        artifact_versions=parse_vars(args.artifact, "--artifact"),
+        variables=parse_vars(args.var),
+        until=args.until,
+        description=args.description,
+        task_queue=settings.task_queue,
+    )
+    pipeline = created.workflow_id.split("/")[1]
+    ref = ReleaseRef(pipeline, created.number)
+    if not args.wait:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "pipeline": pipeline,
+                        "number": created.number,
+                        "name": created.name,
+                        "reference": str(ref),
+                        "workflow_id": created.workflow_id,
+                    }
+                )
+            )
+        else:
+            print(f"created {pipeline} {created.name} ({ref})")
+        return EXIT_OK
+    if not args.json:
+        print(f"created {pipeline} {created.name} ({ref})", flush=True)
+    status = await _wait_settled(client, ref, live=not args.json)
+    if args.json:
+        print(json.dumps(render.release_json(status)))
+    else:
+        render.console().print(render.release_view(status))
+    return _exit_code(status)
+
+
+async def _wait_settled(client: Client, ref: ReleaseRef, live: bool) -> ReleaseStatus:
+    """Poll the release until no stage is queued or running, showing progress."""
+    status = await release_status(client, ref)
+    if not live or not sys.stdout.isatty():
+        while not settled(status):
+            await asyncio.sleep(POLL)
+            status = await release_status(client, ref)
+        return status
+    with Live(_progress(status), console=render.console(), refresh_per_second=4) as view:
+        while not settled(status):
+            await asyncio.sleep(POLL)
+            status = await release_status(client, ref)
+            view.update(_progress(status))
+    return status
+
+
+def _progress(status: ReleaseStatus) -> Group:
+    stages = Text()
+    for index, view in enumerate(status.stages):
+        if index:
+            stages.append("  →  ")
+        stages.append(f"{view.name} ")
+        stages.append_text(render.styled(view.status.value))
+    return Group(stages, render.tasks_table(status))
+
+
+def _exit_code(status: ReleaseStatus) -> int:
+    triggered = [v for v in status.stages if v.attempts]
+    return EXIT_FAILED if any(v.status in FAILED_STATUSES for v in triggered) else EXIT_OK
+
+
+async def list_releases(client: Client, settings: Settings, args: argparse.Namespace) -> int:
+    query = ["WorkflowType = 'ReleaseWorkflow'"]
+    if args.pipeline:
+        query.append(f"StageflowPipeline = '{_quote(args.pipeline)}'")
+    if args.status:
+        query.append(f"StageflowStatus = '{_quote(args.status)}'")
+    rows = []
+    async for execution in client.list_workflows(" AND ".join(query), limit=args.limit):
+        ref = ReleaseRef.parse(execution.id.removeprefix("release/"))
+        try:
+            status = await release_status(client, ref, live=False)
+        except Exception:  # a release whose worker is gone still lists, without stages
+            continue
+        rows.append(render.release_json(status))
+    rows.sort(key=lambda row: row["created_at"] or "", reverse=True)
+    if args.json:
+        print(json.dumps(rows))
+    elif rows:
+        render.console().print(render.list_table(rows))
+    else:
+        print("no releases")
+    return EXIT_OK
+
+
+async def show(client: Client, settings: Settings, args: argparse.Namespace) -> int:
+    from starter.cli import UserError
+
+    try:
+        ref = ReleaseRef.parse(args.release)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    status = await release_status(client, ref)
+    if args.json:
+        print(json.dumps(render.release_json(status)))
+    else:
+        render.console().print(render.release_view(status))
+        if any(v.latest and v.latest.tasks for v in status.stages):
+            render.console().print(render.tasks_table(status))
+    return EXIT_OK
+
+
+async def deploy(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    return await _deploy(client, settings, args, ref, redeploy=False)
+
+
+async def redeploy(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    return await _deploy(client, settings, args, ref, redeploy=True)
+
+
+async def _deploy(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef, redeploy: bool
+) -> int:
+    request_id = await request_deploy(client, ref, args.stage, settings.user, redeploy=redeploy)
+    return await _report_outcome(client, ref, request_id, args, f"{args.command} {args.stage}")
+
+
+async def abandon(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    request_id = await abandon_release(client, ref, settings.user, args.reason)
+    return await _report_outcome(client, ref, request_id, args, "abandon")
+
+
+async def _report_outcome(
+    client: Client, ref: ReleaseRef, request_id: str, args: argparse.Namespace, what: str
+) -> int:
+    """Read back what the release made of our signal: accepted, or refused and why."""
+    deadline = time.monotonic() + 15
+    event = None
+    while event is None and time.monotonic() < deadline:
+        event = await find_outcome(client, ref, request_id)
+        if event is None:
+            await asyncio.sleep(0.1)
+    if event is None:
+        print(f"{what}: sent to {ref}; the release has not handled it yet")
+        return EXIT_OK
+    if args.json:
+        print(event.model_dump_json())
+    elif event.outcome == "accepted":
+        print(f"{ref}: {what} accepted")
+    else:
+        print(f"error: {ref}: {what} refused: {event.detail}", file=sys.stderr)
+    return EXIT_OK if event.outcome == "accepted" else EXIT_USAGE
+
+
+async def cancel(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    attempt = await cancel_stage(client, ref, args.stage, settings.user)
+    print(f"{ref}: canceling {args.stage} (attempt {attempt.attempt})")
+    return EXIT_OK
+
+
+async def history(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    events = await release_history(client, ref)
+    if args.json:
+        print(json.dumps([event.model_dump(mode="json") for event in events]))
+    else:
+        render.console().print(render.history_table(events))
+    return EXIT_OK
+
+
+async def logs(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    """Print task logs from the log store; with --follow, stream a running task live."""
+    from starter.logs import print_logs
+
+    status = await release_status(client, ref)
+    names = [view.name for view in status.stages]
+    if args.stage and args.stage not in names:
+        raise StageNotFound(
+            f"release {ref} has no stage {args.stage!r} (stages: {', '.join(names)})"
+        )
+    return await print_logs(client, settings, status, args)
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")

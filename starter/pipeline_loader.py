@@ -1,0 +1,491 @@
+"""Read a pipeline YAML file into a `Pipeline`, or say what is wrong and where.
+
+Every problem names the file, the line and the path inside the document
+(`stages[1].tasks[0].timeout`), so the CLI can print one line per problem. YAML
+is composed into a node tree first: the nodes know their lines, the plain data
+handed to pydantic does not, and the tree is how an error's `loc` finds its line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.meta
+import jinja2.sandbox
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from workflows import pipeline as pipeline_models
+from workflows.pipeline import Pipeline
+
+# Names a release name template may use besides the pipeline's variables.
+RELEASE_NAME_NAMES = frozenset({"number", "pipeline", "date"})
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# Errors whose message names the value already, or where showing it would not help.
+_NO_FOUND_SUFFIX = frozenset(
+    {
+        "value_error",
+        "assertion_error",
+        "extra_forbidden",
+        "missing",
+        "model_type",
+        "model_attributes_type",
+        "dict_type",
+        "union_tag_invalid",
+        "union_tag_not_found",
+    }
+)
+
+Loc = Sequence[str | int]
+
+
+class PipelineProblem(BaseModel):
+    """One thing wrong with a pipeline file, with where it is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    line: int | None = None
+    path: str = ""
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class InvalidPipeline(Exception):
+    """The pipeline file cannot be used; `problems` says why, one entry each."""
+
+    def __init__(self, problems: list[PipelineProblem]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+def load_pipeline(path: str | Path) -> tuple[Pipeline, str]:
+    """Read, parse and validate a pipeline file.
+
+    Returns the pipeline and the sha256 hex digest of the file's bytes, which
+    is the revision a release records. Raises InvalidPipeline.
+    """
+    file = str(path)
+    try:
+        content = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InvalidPipeline([PipelineProblem(file=file, message="file not found")]) from None
+    except OSError as exc:
+        problem = PipelineProblem(file=file, message=f"cannot read the file: {exc.strerror}")
+        raise InvalidPipeline([problem]) from None
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        problem = PipelineProblem(file=file, message=f"not UTF-8 text: {exc.reason}")
+        raise InvalidPipeline([problem]) from None
+    return parse_pipeline(text, file), hashlib.sha256(content).hexdigest()
+
+
+def parse_pipeline(text: str, file: str = "<text>") -> Pipeline:
+    """Parse and validate pipeline YAML given as text. Raises InvalidPipeline."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise InvalidPipeline([_yaml_problem(file, exc)]) from None
+    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL_TAG):
+        raise InvalidPipeline([PipelineProblem(file=file, message="the file is empty")])
+    if not isinstance(root, MappingNode):
+        kind = "a list" if isinstance(root, SequenceNode) else f"{root.value!r}"
+        message = f"the top level must be a mapping with name, stages, ... (found {kind})"
+        raise InvalidPipeline([PipelineProblem(file=file, line=_line(root), message=message)])
+
+    problems = _duplicate_keys(file, root)
+    try:
+        # Constructing flattens `<<` merge keys into the tree, so look for
+        # duplicates (above) before and for lines (below) after.
+        data = yaml.SafeLoader("").construct_document(root)
+    except yaml.YAMLError as exc:
+        raise InvalidPipeline([*problems, _yaml_problem(file, exc)]) from None
+
+    pipeline = None
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as exc:
+        problems += _validation_problems(file, root, exc.errors(include_url=False))
+    except OverflowError as exc:  # timedelta() on a huge or infinite duration
+        problems.append(PipelineProblem(file=file, message=f"a value is out of range: {exc}"))
+    problems += _release_name_problems(file, root, data)
+
+    if problems or pipeline is None:
+        unique = list(dict.fromkeys(problems))
+        raise InvalidPipeline(sorted(unique, key=lambda problem: problem.line or 0))
+    return pipeline
+
+
+def pipeline_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a pipeline file, for editors and `stageflow schema`."""
+    schema = Pipeline.model_json_schema(by_alias=True)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "Stageflow pipeline",
+    }
+
+
+# --- YAML ---------------------------------------------------------------------------
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _yaml_problem(file: str, exc: yaml.YAMLError) -> PipelineProblem:
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return PipelineProblem(file=file, message=f"invalid YAML: {exc}")
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    parts = []
+    if exc.context:
+        context_line = exc.context_mark.line + 1 if exc.context_mark is not None else None
+        at = f" at line {context_line}" if context_line not in (None, line) else ""
+        parts.append(f"{exc.context}{at}")
+    if exc.problem:
+        parts.append(exc.problem)
+    return PipelineProblem(file=file, line=line, message="invalid YAML: " + ", ".join(parts))
+
+
+def _duplicate_keys(file: str, root: Node) -> list[PipelineProblem]:
+    """PyYAML keeps the last of two equal keys without a word; we say so."""
+    problems: list[PipelineProblem] = []
+    seen: set[int] = set()  # aliases share nodes and may even form loops
+
+    def walk(node: Node, path: list[str | int]) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, [*path, index])
+        elif isinstance(node, MappingNode):
+            first_lines: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if isinstance(key, ScalarNode) and key.tag != _MERGE_TAG:
+                    name = (key.tag, key.value)
+                    if name in first_lines:
+                        problems.append(
+                            PipelineProblem(
+                                file=file,
+                                line=_line(key),
+                                path=_format_path([*path, key.value]),
+                                message=f"duplicate key {key.value!r}"
+                                f" (first at line {first_lines[name]})",
+                            )
+                        )
+                    else:
+                        first_lines[name] = _line(key)
+                    walk(value, [*path, key.value])
+                else:
+                    walk(value, path)
+
+    walk(root, [])
+    return problems
+
+
+def _child(node: Node, item: str | int) -> tuple[Node | None, Node] | None:
+    """The (key node, value node) that `item` names inside `node`, if it is there."""
+    if isinstance(node, MappingNode):
+        for key, value in reversed(node.value):  # the last of equal keys wins
+            if isinstance(key, ScalarNode) and key.value == str(item):
+                return key, value
+    elif isinstance(node, SequenceNode) and isinstance(item, int):
+        if 0 <= item < len(node.value):
+            return None, node.value[item]
+    return None
+
+
+def _format_path(items: Sequence[str | int]) -> str:
+    text = ""
+    for item in items:
+        if isinstance(item, int):
+            text += f"[{item}]"
+        elif _PLAIN_KEY.match(item):
+            text += f".{item}" if text else item
+        else:
+            text += f"[{item!r}]"
+    return text
+
+
+# --- pydantic errors ------------------------------------------------------------------
+
+
+class _Located:
+    """A pydantic error placed in the YAML tree.
+
+    pydantic's `loc` mixes the document's keys and indexes with names it adds
+    for unions (`SecretRef`, `str`, `local`, `literal[...]`); only the keys and
+    indexes found in the tree make the path.
+    """
+
+    def __init__(self, error: ErrorDetails, root: Node) -> None:
+        self.error = error
+        self.items: list[str | int] = []
+        self.node = root
+        self.line = _line(root)
+        # Where a union was tried, and which of its members this error is about.
+        self.union_items: tuple[str | int, ...] | None = None
+        self.union_node: Node = root
+        self.union_line = self.line
+        self.member: str | None = None
+        self.member_position = -1
+        loc = error["loc"]
+        for position, item in enumerate(loc):
+            found = _child(self.node, item)
+            if found is not None:
+                key, self.node = found
+                # A mapping's key as written (`8080`, not an index), a list's index.
+                self.items.append(key.value if key is not None else item)
+                self.line = _line(key if key is not None else self.node)
+            elif self.member is None and _names_union_member(error, position):
+                self.union_items = tuple(self.items)
+                self.union_node, self.union_line = self.node, self.line
+                self.member, self.member_position = str(item), position
+
+    @property
+    def path(self) -> str:
+        return _format_path(self.items)
+
+
+def _names_union_member(error: ErrorDetails, position: int) -> bool:
+    """Whether a loc item missing from the document is pydantic's name for a union member.
+
+    The other missing items are the field a `missing` error is about, and the
+    `[key]` pydantic adds when a mapping's key is wrong.
+    """
+    loc = error["loc"]
+    if position == len(loc) - 1 and error["type"] == "missing":
+        return False
+    return loc[position] != "[key]"
+
+
+def _validation_problems(
+    file: str, root: Node, errors: list[ErrorDetails]
+) -> list[PipelineProblem]:
+    located = [_Located(error, root) for error in errors]
+    unions: dict[tuple[str | int, ...], list[_Located]] = {}
+    for entry in located:
+        if entry.union_items is not None:
+            unions.setdefault(entry.union_items, []).append(entry)
+
+    problems: list[PipelineProblem] = []
+    done: set[tuple[str | int, ...]] = set()
+    for entry in located:
+        group = unions.get(entry.union_items) if entry.union_items is not None else None
+        if group is None or len({other.member for other in group}) < 2:
+            problems.append(_problem(file, root, entry))
+        elif entry.union_items not in done:
+            assert entry.union_items is not None
+            done.add(entry.union_items)
+            problems += _union_problems(file, root, group)
+    return problems
+
+
+def _union_problems(file: str, root: Node, group: list[_Located]) -> list[PipelineProblem]:
+    """One union value failed every member: speak of the member its shape fits."""
+    first = group[0]
+    node = first.union_node
+    fitting = [entry for entry in group if _member_shape(entry.member) == _node_shape(node)]
+    if fitting and len({entry.member for entry in fitting}) == 1:
+        return [_problem(file, root, entry) for entry in fitting]
+    members = list(dict.fromkeys(entry.member for entry in group))
+    expected = " or ".join(_describe_member(member, group) for member in members)
+    return [
+        PipelineProblem(
+            file=file,
+            line=first.union_line,
+            path=_format_path(first.union_items or ()),
+            message=f"expected {expected} (found {_describe_node(node)})",
+        )
+    ]
+
+
+def _model_named(name: str | None) -> type[BaseModel] | None:
+    model = getattr(pipeline_models, name or "", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model
+    return None
+
+
+def _member_shape(member: str | None) -> str:
+    if _model_named(member) is not None or (member or "").startswith("dict["):
+        return "mapping"
+    if (member or "").startswith(("list[", "tuple[", "set[")):
+        return "sequence"
+    return "scalar"
+
+
+def _node_shape(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "mapping"
+    return "sequence" if isinstance(node, SequenceNode) else "scalar"
+
+
+def _describe_node(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if node.tag == _NULL_TAG:
+        return "nothing"
+    return repr(node.value) if node.tag == "tag:yaml.org,2002:str" else node.value
+
+
+def _describe_member(member: str | None, group: list[_Located]) -> str:
+    model = _model_named(member)
+    if model is not None:
+        required = [
+            field.alias or name for name, field in model.model_fields.items() if field.is_required()
+        ]
+        return "a mapping like {" + ", ".join(f"{name}: ..." for name in required) + "}"
+    for entry in group:
+        # The member's own complaint about the value as a whole, e.g. "a valid string".
+        if entry.member == member and len(entry.error["loc"]) == entry.member_position + 1:
+            return entry.error["msg"].removeprefix("Input should be ")
+    return member or "something else"
+
+
+def _problem(file: str, root: Node, entry: _Located) -> PipelineProblem:
+    error = entry.error
+    kind = error["type"]
+    loc = error["loc"]
+    ctx = error.get("ctx") or {}
+    path, line = entry.path, entry.line
+    message = error["msg"]
+    if kind == "extra_forbidden":
+        name = str(loc[-1])
+        message = f"unknown field {name!r}"
+        model = _model_at(loc)
+        if model is not None:
+            known = [field.alias or field_name for field_name, field in model.model_fields.items()]
+            close = difflib.get_close_matches(name, known, n=1)
+            if close:
+                message += f" (did you mean {close[0]!r}?)"
+    elif kind == "missing":
+        message = f"missing required field {str(loc[-1])!r}"
+    elif kind == "union_tag_not_found":
+        discriminator = str(ctx.get("discriminator", "")).strip("'")
+        message = f"missing required field {discriminator!r}"
+    elif kind == "union_tag_invalid":
+        discriminator = str(ctx.get("discriminator", "")).strip("'")
+        found = _child(entry.node, discriminator)
+        if found is not None and found[0] is not None:
+            path = _format_path([*entry.items, discriminator])
+            line = _line(found[0])
+        message = f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = f"expected a mapping (found {_describe_node(entry.node)})"
+    elif kind in ("value_error", "assertion_error"):
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind not in _NO_FOUND_SUFFIX and "input" in error:
+        value = error["input"]
+        if value is None:
+            message += " (found nothing)"
+        elif isinstance(value, str | int | float | bool):
+            message += f" (found {value!r})"
+
+    if not entry.items and kind == "value_error":
+        # Whole-pipeline checks: point at the list they are about.
+        for key in ("stages", "artifacts"):
+            if re.search(rf"\b{key[:-1]}", message):
+                found = _child(root, key)
+                if found is not None and found[0] is not None:
+                    path, line = key, _line(found[0])
+                break
+    return PipelineProblem(file=file, line=line, path=path, message=message)
+
+
+# --- which model a loc is in (for "did you mean") -----------------------------------------
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The model that should have held the field `loc[-1]`, following pydantic's loc."""
+    candidates: list[Any] = [Pipeline]
+    for item in loc[:-1]:
+        candidates = [
+            step for tp in candidates for member in _members(tp) for step in _step(member, item)
+        ]
+    models = {member for tp in candidates for member in _members(tp) if _is_model(member)}
+    return models.pop() if len(models) == 1 else None
+
+
+def _members(tp: Any) -> list[Any]:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [member for arg in typing.get_args(tp) for member in _members(arg)]
+    return [tp]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _step(tp: Any, item: str | int) -> list[Any]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_model(tp) and isinstance(item, str):
+        if item == tp.__name__:  # the member's name in a union
+            return [tp]
+        for name, field in tp.model_fields.items():
+            if item in (name, field.alias):
+                return [field.annotation]
+        for field in tp.model_fields.values():  # a discriminated union's tag
+            if typing.get_origin(field.annotation) is typing.Literal:
+                if item in typing.get_args(field.annotation):
+                    return [tp]
+    if origin in (list, tuple, set) and isinstance(item, int) and args:
+        return [args[0]]
+    if origin is dict and isinstance(item, str) and len(args) == 2:
+        return [args[1]]
+    return []
+
+
+# --- release name ---------------------------------------------------------------------
+
+
+def _release_name_problems(file: str, root: Node, data: dict[str, Any]) -> list[PipelineProblem]:
+    template = data.get("release_name_format")
+    if not isinstance(template, str):
+        return []  # absent (the default is fine) or already a validation error
+    found = _child(root, "release_name_format")
+    line = _line(found[0]) if found is not None and found[0] is not None else None
+
+    def problem(message: str) -> list[PipelineProblem]:
+        return [PipelineProblem(file=file, line=line, path="release_name_format", message=message)]
+
+    try:
+        parsed = jinja2.sandbox.SandboxedEnvironment().parse(template)
+    except jinja2.TemplateSyntaxError as exc:
+        return problem(f"not a valid template: {exc.message}")
+    variables = data.get("variables")
+    known = RELEASE_NAME_NAMES | set(variables if isinstance(variables, dict) else ())
+    unknown = sorted(jinja2.meta.find_undeclared_variables(parsed) - known)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        return problem(
+            f"unknown name{'s' if len(unknown) > 1 else ''} {names} in the template"
+            f" (known: {', '.join(sorted(known, key=str))})"
+        )
+    return []

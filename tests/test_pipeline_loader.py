@@ -1,0 +1,499 @@
+"""The pipeline loader: valid YAML becomes a Pipeline, invalid YAML says what and where."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+
+from starter.pipeline_loader import (
+    InvalidPipeline,
+    PipelineProblem,
+    load_pipeline,
+    parse_pipeline,
+    pipeline_json_schema,
+)
+from workflows.pipeline import SecretRef
+
+WEBAPP = """\
+name: webapp
+release_name_format: "Release-{{ number }}"
+variables:
+  TARGET: /srv/webapp
+  DB_PASSWORD: {secret: env:WEBAPP_DB_PASSWORD}
+artifacts:
+  - alias: app
+    type: local
+    path: ./drops/webapp
+stages:
+  - name: dev
+    trigger: after_release
+    pool: linux
+    variables: {PORT: 8001}
+    tasks:
+      - name: install
+        script: |
+          mkdir -p "$TARGET/dev"
+      - name: smoke test
+        shell: python
+        script: print("hi")
+        timeout: 2m
+      - name: clean up
+        condition: always
+        script: rm -rf "$STAGEFLOW_WORK_DIR/tmp"
+  - name: qa
+    trigger: {after_stages: [dev]}
+    pool: linux
+    tasks: [{name: t, script: "true"}]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    """Write a pipeline file; `text` starts at line 1 after dedenting."""
+    path = tmp_path / "webapp.yml"
+    path.write_text(dedent(text).lstrip("\n"))
+    return path
+
+
+def problems_of(tmp_path: Path, text: str) -> list[PipelineProblem]:
+    path = write(tmp_path, text)
+    with pytest.raises(InvalidPipeline) as caught:
+        load_pipeline(path)
+    return caught.value.problems
+
+
+def where(problems: list[PipelineProblem]) -> list[tuple[int | None, str]]:
+    return [(problem.line, problem.path) for problem in problems]
+
+
+def test_valid_pipeline_loads_with_the_sha256_of_its_bytes(tmp_path: Path) -> None:
+    path = write(tmp_path, WEBAPP)
+
+    pipeline, revision = load_pipeline(path)
+
+    assert revision == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert pipeline.name == "webapp"
+    assert pipeline.stage_names == ["dev", "qa"]
+    assert pipeline.variables["DB_PASSWORD"] == SecretRef(secret="env:WEBAPP_DB_PASSWORD")
+    assert pipeline.artifacts[0].path == "./drops/webapp"  # left relative to the file
+    dev = pipeline.stage("dev")
+    assert dev.variables == {"PORT": "8001"}
+    assert [task.name for task in dev.all_jobs()[0].tasks] == ["install", "smoke test", "clean up"]
+    assert dev.tasks is not None and dev.tasks[1].timeout == timedelta(minutes=2)
+    assert pipeline.stage("qa").upstream == ["dev"]
+
+
+def test_parse_pipeline_reads_text() -> None:
+    assert parse_pipeline(WEBAPP).stage_names == ["dev", "qa"]
+
+
+def test_typo_in_a_field_names_file_line_path_and_the_likely_field(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+            pool: linux
+            tasks:
+              - name: install
+                script: make install
+                timout: 2m
+        """,
+    )
+    with pytest.raises(InvalidPipeline) as caught:
+        load_pipeline(path)
+
+    assert str(caught.value) == (
+        f"{path}:8: stages[0].tasks[0].timout: unknown field 'timout' (did you mean 'timeout'?)"
+    )
+
+
+def test_bad_duration_names_its_path_and_line(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+            pool: linux
+            tasks:
+              - name: install
+                script: make install
+              - name: smoke
+                script: make smoke
+                timeout: abc
+        """,
+    )
+
+    assert where(problems) == [(10, "stages[0].tasks[1].timeout")]
+    assert problems[0].message.startswith("'abc' is not a duration")
+
+
+def test_missing_field_is_reported_at_its_mapping(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+            pool: linux
+            tasks:
+              - name: install
+                copy:
+                  target: /srv/webapp
+        """,
+    )
+
+    assert where(problems) == [(7, "stages[0].tasks[0].copy")]
+    assert problems[0].message == "missing required field 'sources'"
+
+
+def test_unknown_stage_in_after_stages_is_reported_at_the_stages_key(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        description: deploys the web app
+        stages:
+          - name: dev
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+          - name: qa
+            trigger: {after_stages: [dve]}
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+        """,
+    )
+
+    assert where(problems) == [(3, "stages")]
+    assert problems[0].message == (
+        "stage 'qa' triggers after unknown stage 'dve' (stages: dev, qa)"
+    )
+
+
+def test_trigger_cycle_is_reported_at_the_stages_key(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+
+        stages:
+          - name: dev
+            trigger: {after_stages: [qa]}
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+          - name: qa
+            trigger: {after_stages: [dev]}
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+        """,
+    )
+
+    assert where(problems) == [(3, "stages")]
+    assert problems[0].message.startswith("stage triggers form a cycle: ")
+
+
+def test_duplicate_stage_names_are_reported_at_the_stages_key(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - {name: dev, pool: linux, tasks: [{name: t, script: "true"}]}
+          - {name: dev, pool: linux, tasks: [{name: t, script: "true"}]}
+        """,
+    )
+
+    assert [str(problem) for problem in problems] == [
+        f"{tmp_path / 'webapp.yml'}:2: stages: stage name 'dev' is used twice"
+    ]
+
+
+def test_task_with_script_and_http_is_reported_at_the_task(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+            pool: linux
+            tasks:
+              - name: install
+                script: make install
+              - name: ping
+                script: curl localhost
+                http: {url: "http://localhost/health"}
+        """,
+    )
+
+    assert where(problems) == [(8, "stages[0].tasks[1]")]
+    assert problems[0].message == (
+        "task 'ping' needs exactly one of script, file, template, copy, http (found: script, http)"
+    )
+
+
+def test_stage_without_tasks_or_jobs_is_reported_at_the_stage(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+          - name: qa
+            pool: linux
+        """,
+    )
+
+    assert where(problems) == [(6, "stages[1]")]
+    assert problems[0].message == "a stage needs `pool` and `tasks`, or `jobs`"
+
+
+def test_bad_secret_ref_is_one_problem_at_the_secret(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        variables:
+          TARGET: /srv/webapp
+          DB_PASSWORD: {secret: vault:x}
+        stages:
+          - {name: dev, pool: linux, tasks: [{name: t, script: "true"}]}
+        """,
+    )
+
+    assert where(problems) == [(4, "variables.DB_PASSWORD.secret")]
+    assert problems[0].message == "'vault:x': a secret is `env:NAME` or `file:PATH`"
+
+
+def test_variable_of_neither_shape_is_one_problem(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        variables:
+          HOSTS: [a, b]
+        stages:
+          - {name: dev, pool: linux, tasks: [{name: t, script: "true"}]}
+        """,
+    )
+
+    assert where(problems) == [(3, "variables.HOSTS")]
+    assert problems[0].message == (
+        "expected a valid string or a mapping like {secret: ...} (found a list)"
+    )
+
+
+def test_bad_trigger_speaks_of_the_member_its_shape_fits(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+            trigger: on_release
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+          - name: qa
+            trigger:
+              after_stage: [dev]
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+        """,
+    )
+
+    assert [(problem.line, problem.path, problem.message) for problem in problems] == [
+        (
+            4,
+            "stages[0].trigger",
+            "Input should be 'after_release' or 'manual' (found 'on_release')",
+        ),
+        (8, "stages[1].trigger", "missing required field 'after_stages'"),
+        (
+            9,
+            "stages[1].trigger.after_stage",
+            "unknown field 'after_stage' (did you mean 'after_stages'?)",
+        ),
+    ]
+
+
+def test_artifact_type_problems_point_at_the_type(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        artifacts:
+          - alias: app
+            type: s3
+            path: ./drops
+          - alias: tools
+            path: ./tools
+        stages:
+          - {name: dev, pool: linux, tasks: [{name: t, script: "true"}]}
+        """,
+    )
+
+    assert [(problem.line, problem.path, problem.message) for problem in problems] == [
+        (4, "artifacts[0].type", "'s3' is not one of 'local', 'http', 'git'"),
+        (6, "artifacts[1]", "missing required field 'type'"),
+    ]
+
+
+def test_copy_task_path_uses_the_yaml_name(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+            pool: linux
+            tasks:
+              - name: drop
+                copy: {sources: [app/*], target: /srv, overwite: false}
+        """,
+    )
+
+    assert where(problems) == [(7, "stages[0].tasks[0].copy.overwite")]
+    assert problems[0].message == "unknown field 'overwite' (did you mean 'overwrite'?)"
+
+
+def test_yaml_syntax_error_is_one_problem_at_its_line(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+           pool: linux
+        """,
+    )
+
+    assert len(problems) == 1
+    assert problems[0].line == 4
+    assert problems[0].message.startswith("invalid YAML: ")
+
+
+def test_duplicate_keys_are_reported_at_the_second_one(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: dev
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+            pool: windows
+        """,
+    )
+
+    assert where(problems) == [(6, "stages[0].pool")]
+    assert problems[0].message == "duplicate key 'pool' (first at line 4)"
+
+
+@pytest.mark.parametrize(
+    ("release_name_format", "message"),
+    [
+        ("Release-{{ numbr }}", "unknown name 'numbr' in the template"),
+        ("Release-{{ number", "not a valid template: "),
+    ],
+)
+def test_invalid_release_name_format_is_reported_at_its_line(
+    tmp_path: Path, release_name_format: str, message: str
+) -> None:
+    problems = problems_of(
+        tmp_path,
+        f"""
+        name: webapp
+        variables: {{TARGET: /srv}}
+        release_name_format: "{release_name_format}"
+        stages:
+          - {{name: dev, pool: linux, tasks: [{{name: t, script: "true"}}]}}
+        """,
+    )
+
+    assert where(problems) == [(3, "release_name_format")]
+    assert problems[0].message.startswith(message)
+
+
+def test_release_name_format_may_use_variables(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        name: webapp
+        variables: {TARGET: /srv}
+        release_name_format: "{{ pipeline }}-{{ TARGET }}-{{ date }}-{{ number }}"
+        stages:
+          - {name: dev, pool: linux, tasks: [{name: t, script: "true"}]}
+        """,
+    )
+
+    assert load_pipeline(path)[0].release_name_format.startswith("{{ pipeline }}")
+
+
+def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: web app
+        release_name_format: "{{ build }}"
+        stages:
+          - name: dev
+            pool: linux
+            pool: linux
+            tasks:
+              - name: install
+                script: make install
+                timeout: soon
+              - name: smoke
+                scirpt: make smoke
+        """,
+    )
+
+    assert where(problems) == [
+        (1, "name"),
+        (2, "release_name_format"),
+        (6, "stages[0].pool"),
+        (10, "stages[0].tasks[0].timeout"),
+        (12, "stages[0].tasks[1].scirpt"),
+    ]
+    assert "did you mean 'script'?" in problems[-1].message
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("", None, "the file is empty"),
+        ("# nothing yet\n", None, "the file is empty"),
+        ("- name: dev\n", 1, "the top level must be a mapping"),
+    ],
+)
+def test_file_that_is_not_a_pipeline_is_one_problem(
+    tmp_path: Path, text: str, line: int | None, message: str
+) -> None:
+    problems = problems_of(tmp_path, text)
+
+    assert len(problems) == 1
+    assert problems[0].line == line
+    assert problems[0].message.startswith(message)
+
+
+def test_missing_file_is_one_problem_without_a_line(tmp_path: Path) -> None:
+    with pytest.raises(InvalidPipeline) as caught:
+        load_pipeline(tmp_path / "nope.yml")
+
+    assert str(caught.value) == f"{tmp_path / 'nope.yml'}: file not found"
+    assert caught.value.problems[0].line is None
+
+
+def test_json_schema_describes_the_yaml_names() -> None:
+    schema = pipeline_json_schema()
+
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert schema["title"] == "Stageflow pipeline"
+    assert "copy" in schema["$defs"]["Task"]["properties"]
+    assert "copy_" not in schema["$defs"]["Task"]["properties"]

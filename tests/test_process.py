@@ -1,0 +1,221 @@
+"""Running a task's process: real subprocesses, real log files."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from activities.logs import LogWriter, SecretMasker, read_log
+from activities.process import ProcessOutcome, run_process
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "LC_ALL": "C", **extra}
+
+
+async def run(
+    tmp_path: Path,
+    script: str,
+    *,
+    secrets: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = 10,
+    **kwargs: object,
+) -> ProcessOutcome:
+    with LogWriter(tmp_path / "task.log") as log:
+        return await run_process(
+            ["bash", "-c", script],
+            env=env or base_env(),
+            cwd=tmp_path,
+            log=log,
+            masker=SecretMasker(secrets or []),
+            timeout=timeout,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def log_lines(tmp_path: Path) -> list[str]:
+    return list(read_log(tmp_path / "task.log", timestamps=False))
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def is_dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A killed orphan stays a zombie until init reaps it, and some container
+    # inits never do: a zombie is dead.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0] == "Z"
+
+
+async def test_output_and_errors_land_in_the_log_with_timestamps(tmp_path: Path) -> None:
+    outcome = await run(tmp_path, "echo hello; echo oops >&2; printf 'no newline'")
+
+    assert outcome == ProcessOutcome(
+        exit_code=0, timed_out=False, canceled=False, duration=outcome.duration
+    )
+    lines = list(read_log(tmp_path / "task.log"))
+    assert all(re.match(STAMP, line) for line in lines)
+    assert [re.sub(STAMP, "", line, count=1) for line in lines] == [
+        "hello",
+        "oops",
+        "no newline",
+        "##[stageflow] exit code 0",
+    ]
+
+
+async def test_failing_command_reports_its_exit_code(tmp_path: Path) -> None:
+    outcome = await run(tmp_path, "echo failing; exit 3")
+
+    assert outcome.exit_code == 3
+    assert not outcome.timed_out
+    assert log_lines(tmp_path) == ["failing", "##[stageflow] exit code 3"]
+
+
+async def test_process_gets_exactly_the_given_environment_and_cwd(tmp_path: Path) -> None:
+    assert "HOME" in os.environ
+    await run(tmp_path, 'echo "only=$ONLY home=${HOME-unset} cwd=$PWD"', env=base_env(ONLY="1"))
+
+    assert log_lines(tmp_path)[0] == f"only=1 home=unset cwd={tmp_path}"
+
+
+async def test_secrets_are_masked_even_when_split_across_reads(tmp_path: Path) -> None:
+    # The pause makes the secret arrive in two reads.
+    script = "printf 'token=hunt'; sleep 0.2; printf 'er2 and %s\\n' \"$SECRET\""
+    await run(tmp_path, script, secrets=["hunter2"], env=base_env(SECRET="hunter2"))
+
+    assert log_lines(tmp_path) == ["token=*** and ***", "##[stageflow] exit code 0"]
+
+
+async def test_missing_program_is_noted_in_the_log(tmp_path: Path) -> None:
+    with LogWriter(tmp_path / "task.log") as log, pytest.raises(FileNotFoundError):
+        await run_process(
+            ["/no/such/program"],
+            env=base_env(),
+            cwd=tmp_path,
+            log=log,
+            masker=SecretMasker([]),
+            timeout=None,
+        )
+    assert log_lines(tmp_path)[0].startswith("##[stageflow] could not start /no/such/program:")
+
+
+async def test_timeout_kills_the_process_group_including_grandchildren(tmp_path: Path) -> None:
+    # The grandchild ignores SIGTERM, so it takes the SIGKILL after the grace time.
+    script = "(trap '' TERM; exec sleep 300) & echo $! > grandchild.pid; echo started; wait"
+    outcome = await run(tmp_path, script, timeout=0.5, kill_grace=0.5)
+
+    assert outcome.timed_out
+    assert outcome.exit_code is None
+    assert 0.5 <= outcome.duration < 5
+    grandchild = int((tmp_path / "grandchild.pid").read_text())
+    await wait_until(lambda: is_dead(grandchild))
+    assert log_lines(tmp_path) == [
+        "started",
+        "##[stageflow] timed out after 0.5s, process group killed",
+    ]
+
+
+async def test_cancelling_kills_the_process_group(tmp_path: Path) -> None:
+    script = "sleep 300 & echo $! > grandchild.pid; echo started; wait"
+    with LogWriter(tmp_path / "task.log") as log:
+        task = asyncio.create_task(
+            run_process(
+                ["bash", "-c", script],
+                env=base_env(),
+                cwd=tmp_path,
+                log=log,
+                masker=SecretMasker([]),
+                timeout=None,
+                kill_grace=0.5,
+            )
+        )
+        await wait_until(lambda: log.last_lines() == ["started"])
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    grandchild = int((tmp_path / "grandchild.pid").read_text())
+    await wait_until(lambda: is_dead(grandchild))
+    assert log_lines(tmp_path) == ["started", "##[stageflow] canceled, process group killed"]
+
+
+async def test_background_grandchild_holding_the_output_is_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    script = "sleep 300 & echo $! > grandchild.pid; echo done"
+    outcome = await run(tmp_path, script)
+
+    assert outcome.exit_code == 0
+    assert outcome.duration < 5
+    grandchild = int((tmp_path / "grandchild.pid").read_text())
+    await wait_until(lambda: is_dead(grandchild))
+    assert log_lines(tmp_path) == [
+        "done",
+        "##[stageflow] output still open 2s after the process exited, process group killed",
+        "##[stageflow] exit code 0",
+    ]
+
+
+async def test_progress_is_reported_while_the_process_is_silent(tmp_path: Path) -> None:
+    ticks: list[float] = []
+    outcome = await run(
+        tmp_path,
+        "sleep 0.8",
+        on_progress=lambda: ticks.append(time.monotonic()),
+        progress_interval=0.1,
+    )
+
+    assert outcome.exit_code == 0
+    assert 4 <= len(ticks) <= 9
+    assert all(b - a >= 0.1 for a, b in itertools.pairwise(ticks))
+
+
+async def test_large_output_streams_to_the_log_quickly(tmp_path: Path) -> None:
+    ticks: list[int] = []
+    log_path = tmp_path / "task.log"
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    started = time.monotonic()
+    with LogWriter(log_path) as log:
+        outcome = await run_process(
+            ["bash", "-c", "yes | head -c 50000000"],
+            env=base_env(),
+            cwd=tmp_path,
+            log=log,
+            masker=SecretMasker(["not-in-output"]),
+            timeout=60,
+            on_progress=lambda: ticks.append(log.bytes_written),
+            progress_interval=0.05,
+        )
+        last = log.last_lines(2)
+    elapsed = time.monotonic() - started
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    print(f"50 MB of output logged in {elapsed:.2f}s")
+    assert outcome.exit_code == 0
+    note = b"##[stageflow] exit code 0\n"
+    assert log_path.stat().st_size == 50_000_000 + len(note)
+    assert last == ["y", "##[stageflow] exit code 0"]
+    assert elapsed < 10
+    assert peak_after - peak_before < 40 * 1024  # no copy of the output in memory
+    lines = read_log(log_path)
+    assert all(re.fullmatch(STAMP + "y", line) for line in itertools.islice(lines, 100_000))

@@ -1,0 +1,90 @@
+"""Settings of every Stageflow process, read once at start and passed down.
+
+Environment first (`TEMPORAL_*`, `STAGEFLOW_*`), then command-line flags.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from temporalio.client import Client, TLSConfig
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from workflows.names import CONTROL_TASK_QUEUE
+
+DEFAULT_ADDRESS = "127.0.0.1:7233"
+
+
+@dataclass(frozen=True)
+class Settings:
+    address: str = DEFAULT_ADDRESS
+    namespace: str = "default"
+    data_dir: Path = field(default_factory=lambda: Path("~/.stageflow").expanduser())
+    user: str = "unknown"
+    task_queue: str = CONTROL_TASK_QUEUE
+    api_key: str | None = None
+    tls: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        try:
+            os_user = getpass.getuser()
+        except Exception:  # no passwd entry (containers)
+            os_user = "unknown"
+
+        def path(name: str) -> Path | None:
+            return Path(env[name]).expanduser() if env.get(name) else None
+
+        return cls(
+            address=env.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS),
+            namespace=env.get("TEMPORAL_NAMESPACE", "default"),
+            data_dir=Path(env.get("STAGEFLOW_DATA_DIR", "~/.stageflow")).expanduser(),
+            user=env.get("STAGEFLOW_USER") or os_user,
+            task_queue=env.get("STAGEFLOW_TASK_QUEUE", CONTROL_TASK_QUEUE),
+            api_key=env.get("TEMPORAL_API_KEY") or None,
+            tls=env.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes")
+            or bool(env.get("TEMPORAL_TLS_CLIENT_CERT_PATH")),
+            tls_cert=path("TEMPORAL_TLS_CLIENT_CERT_PATH"),
+            tls_key=path("TEMPORAL_TLS_CLIENT_KEY_PATH"),
+            tls_ca=path("TEMPORAL_TLS_SERVER_CA_CERT_PATH"),
+        )
+
+    def with_flags(self, **flags: object) -> Settings:
+        """Apply command-line flags that were given (None means not given)."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        if "data_dir" in given:
+            given["data_dir"] = Path(str(given["data_dir"])).expanduser()
+        return replace(self, **given)  # type: ignore[arg-type]
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+async def connect(settings: Settings, identity: str | None = None) -> Client:
+    """A Temporal client with the pydantic converter; the user is the client identity."""
+    tls: TLSConfig | bool = False
+    if settings.tls_cert or settings.tls_ca:
+        tls = TLSConfig(
+            client_cert=settings.tls_cert.read_bytes() if settings.tls_cert else None,
+            client_private_key=settings.tls_key.read_bytes() if settings.tls_key else None,
+            server_root_ca_cert=settings.tls_ca.read_bytes() if settings.tls_ca else None,
+        )
+    elif settings.tls or settings.api_key:
+        tls = True
+    return await Client.connect(
+        settings.address,
+        namespace=settings.namespace,
+        data_converter=pydantic_data_converter,
+        identity=identity or settings.user,
+        api_key=settings.api_key,
+        tls=tls,
+    )

@@ -1,0 +1,389 @@
+"""The pipeline definition: what a team writes in YAML.
+
+Plain pydantic models (no Temporal, no I/O) so the workflow sandbox loads them
+cheaply and the starter, the workflows and the agents share one vocabulary.
+Every model rejects unknown fields, so a typo is an error naming its path.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from workflows.stage_dag import find_cycle
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> Any:
+    """Turn `30m`, `2h`, `1d`, `1h30m`, `90` (seconds) into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 30s, 5m, 2h, 1d")
+    if isinstance(value, int | float):
+        return _seconds(value, value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return _seconds(float(text), value)
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return _seconds(sum(float(n) * _UNIT_SECONDS[u] for n, u in parts), value)
+        # Durations that pydantic itself wrote (ISO 8601, e.g. "PT30S") on the way back.
+        if text.startswith("P"):
+            return value
+    raise ValueError(f"{value!r} is not a duration: use text like 30s, 5m, 2h, 1d or 1h30m")
+
+
+MAX_DURATION = timedelta(days=3650)
+
+
+def _seconds(seconds: float, given: Any) -> timedelta:
+    if not 0 <= seconds <= MAX_DURATION.total_seconds():  # also rejects NaN
+        raise ValueError(f"{given!r} is out of range: a duration is from 0 to 3650d")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """The inverse of parse_duration for display: `1h30m`, `45s`, `2d`."""
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return f"{value.total_seconds():.3g}s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(out)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$|^\d+$"},
+                {"type": "number"},
+            ],
+            "description": "a duration: 30s, 5m, 2h, 1d, 1h30m or a number of seconds",
+        }
+    ),
+]
+
+
+def _scalar_to_text(value: Any) -> Any:
+    """YAML reads `8001` as an int and `yes` as a bool; variables are text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+Text = Annotated[
+    str,
+    BeforeValidator(_scalar_to_text),
+    WithJsonSchema({"type": ["string", "number", "boolean"]}),
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Model(BaseModel):
+    """Base for every Stageflow model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SecretRef(Model):
+    """Where a secret's value lives on the agent: `env:NAME` or `file:PATH`.
+
+    The value itself never enters a workflow input, result, signal or log.
+    """
+
+    secret: str
+
+    @field_validator("secret")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        kind, _, where = value.partition(":")
+        if kind not in ("env", "file") or not where:
+            raise ValueError(f"{value!r}: a secret is `env:NAME` or `file:PATH`")
+        return value
+
+    @property
+    def kind(self) -> str:
+        return self.secret.partition(":")[0]
+
+    @property
+    def location(self) -> str:
+        return self.secret.partition(":")[2]
+
+
+VariableValue = Text | SecretRef
+Variables = dict[str, VariableValue]
+
+
+def _check_variable_names(variables: dict[str, Any]) -> dict[str, Any]:
+    for key in variables:
+        if not VARIABLE_PATTERN.match(key):
+            raise ValueError(
+                f"{key!r} is not a valid variable name (letters, digits and _, "
+                "not starting with a digit): tasks see variables as environment variables"
+            )
+    return variables
+
+
+# --- artifacts -------------------------------------------------------------------
+
+
+class LocalArtifact(Model):
+    """A drop folder holding one sub-folder or archive per version."""
+
+    alias: str = Field(pattern=NAME_PATTERN)
+    type: Literal["local"]
+    path: str = Field(description="the drop folder, relative to the pipeline file")
+    version: str = Field("latest", description="default version; `latest` is the newest")
+
+
+class HttpArtifact(Model):
+    """A file fetched over HTTP; `url` is a template with `{{ version }}`."""
+
+    alias: str = Field(pattern=NAME_PATTERN)
+    type: Literal["http"]
+    url: str
+    version: str | None = Field(None, description="default version when none is given")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="expected checksum of the download"
+    )
+    extract: bool = Field(True, description="unpack .tar.gz/.tgz/.zip downloads")
+
+
+class GitArtifact(Model):
+    """A git repository at a ref; the release pins the commit."""
+
+    alias: str = Field(pattern=NAME_PATTERN)
+    type: Literal["git"]
+    repository: str
+    ref: str = "HEAD"
+
+
+Artifact = Annotated[LocalArtifact | HttpArtifact | GitArtifact, Field(discriminator="type")]
+
+
+# --- tasks and jobs ----------------------------------------------------------------
+
+
+class TemplateSpec(Model):
+    """Render a Jinja2 file (sandboxed, strict) into the work directory."""
+
+    source: str = Field(description="template path, relative to $STAGEFLOW_ARTIFACTS")
+    target: str = Field(description="output path, relative to the working directory")
+
+
+class CopySpec(Model):
+    """Copy files or globs into a directory."""
+
+    sources: list[str] = Field(
+        min_length=1, description="paths or globs, relative to $STAGEFLOW_ARTIFACTS"
+    )
+    target: str = Field(description="directory, relative to the working directory")
+    overwrite: bool = True
+
+
+class HttpCall(Model):
+    """One HTTP request; fails the task unless the status is the expected one."""
+
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    headers: dict[str, Text] = {}
+    body: str | None = None
+    expect_status: int | list[int] = 200
+    timeout: Duration = timedelta(seconds=30)
+
+
+TASK_KINDS = ("script", "file", "template", "copy", "http")
+
+
+class Task(Model):
+    """One step of a job. Exactly one of script, file, template, copy or http."""
+
+    name: str = Field(min_length=1)
+    script: str | None = Field(None, description="inline script run by `shell`")
+    file: str | None = Field(None, description="script file inside an artifact, e.g. app/deploy.sh")
+    shell: Literal["bash", "sh", "python"] = "bash"
+    args: list[Text] = []
+    template: TemplateSpec | None = None
+    copy_: CopySpec | None = Field(None, alias="copy")
+    http: HttpCall | None = None
+    condition: Literal["succeeded", "always", "failed"] = "succeeded"
+    continue_on_error: bool = False
+    timeout: Duration = Field(
+        timedelta(hours=1), description="the task is killed when it runs longer"
+    )
+    retries: int = Field(0, ge=0, le=10, description="extra tries after a failure")
+    env: dict[str, Text] = {}
+    working_dir: str | None = Field(None, description="relative to $STAGEFLOW_WORK_DIR")
+    enabled: bool = True
+
+    # `copy` is a BaseModel method, so the field is `copy_`, spelled `copy` everywhere else.
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Task:
+        given = [kind for kind in TASK_KINDS if self.spec_of(kind) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(
+                f"task {self.name!r} needs exactly one of {', '.join(TASK_KINDS)} (found: {found})"
+            )
+        _check_variable_names(self.env)
+        return self
+
+    def spec_of(self, kind: str) -> Any:
+        return self.copy_ if kind == "copy" else getattr(self, kind)
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in TASK_KINDS if self.spec_of(kind) is not None)
+
+
+class Job(Model):
+    """Tasks that run in order on one agent leased from `pool`."""
+
+    name: str = Field("job", pattern=NAME_PATTERN)
+    pool: str = Field(pattern=NAME_PATTERN)
+    tasks: list[Task] = Field(min_length=1)
+    timeout: Duration = Field(timedelta(hours=6), description="the whole job, all tasks")
+
+
+class AfterStages(Model):
+    after_stages: list[str] = Field(min_length=1)
+    when_partially_succeeded: bool = Field(
+        False, description="also trigger when an upstream stage partially succeeded"
+    )
+
+
+Trigger = Literal["after_release", "manual"] | AfterStages
+
+
+class Stage(Model):
+    """A named step of the pipeline (an environment): dev, qa, prod."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    trigger: Trigger = "after_release"
+    variables: Variables = {}
+    pool: str | None = Field(None, pattern=NAME_PATTERN)
+    tasks: list[Task] | None = None
+    jobs: list[Job] | None = None
+    agent_lost_retries: int = Field(
+        2, ge=0, le=10, description="how often a job moves to another agent when its agent dies"
+    )
+
+    @model_validator(mode="after")
+    def _tasks_or_jobs(self) -> Stage:
+        _check_variable_names(self.variables)
+        if self.jobs is not None and (self.tasks is not None or self.pool is not None):
+            raise ValueError("a stage has either `jobs` or `pool` with `tasks`, not both")
+        if self.jobs is None:
+            if self.tasks is None or self.pool is None:
+                raise ValueError("a stage needs `pool` and `tasks`, or `jobs`")
+            if not self.tasks:
+                raise ValueError("`tasks` is empty")
+        elif not self.jobs:
+            raise ValueError("`jobs` is empty")
+        names = [job.name for job in self.all_jobs()]
+        if len(set(names)) != len(names):
+            raise ValueError("job names must be unique within a stage")
+        for job in self.all_jobs():
+            task_names = [task.name for task in job.tasks]
+            for name in task_names:
+                if task_names.count(name) > 1:
+                    raise ValueError(f"task name {name!r} is used twice in job {job.name!r}")
+        return self
+
+    def all_jobs(self) -> list[Job]:
+        """The stage's jobs; a stage with plain `pool` and `tasks` is one job."""
+        if self.jobs is not None:
+            return self.jobs
+        assert self.pool is not None and self.tasks is not None
+        return [Job(name="job", pool=self.pool, tasks=self.tasks)]
+
+    @property
+    def upstream(self) -> list[str]:
+        return self.trigger.after_stages if isinstance(self.trigger, AfterStages) else []
+
+    @property
+    def trigger_text(self) -> str:
+        if isinstance(self.trigger, AfterStages):
+            return "after " + ", ".join(self.trigger.after_stages)
+        return self.trigger.replace("_", " ")
+
+
+class Pipeline(Model):
+    """A pipeline: artifacts, variables and stages with their triggers and jobs."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    release_name_format: str = "Release-{{ number }}"
+    variables: Variables = {}
+    artifacts: list[Artifact] = []
+    stages: list[Stage] = Field(min_length=1)
+    retention: Duration = Field(
+        timedelta(days=30),
+        description="a release with no activity for this long is closed",
+    )
+
+    @field_validator("variables")
+    @classmethod
+    def _variable_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_variable_names(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Pipeline:
+        aliases = [artifact.alias for artifact in self.artifacts]
+        for alias in aliases:
+            if aliases.count(alias) > 1:
+                raise ValueError(f"artifact alias {alias!r} is used twice")
+        names = [stage.name for stage in self.stages]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"stage name {name!r} is used twice")
+        for stage in self.stages:
+            for upstream in stage.upstream:
+                if upstream not in names:
+                    raise ValueError(
+                        f"stage {stage.name!r} triggers after unknown stage {upstream!r}"
+                        f" (stages: {', '.join(names)})"
+                    )
+                if upstream == stage.name:
+                    raise ValueError(f"stage {stage.name!r} triggers after itself")
+        cycle = find_cycle({stage.name: stage.upstream for stage in self.stages})
+        if cycle:
+            raise ValueError("stage triggers form a cycle: " + " -> ".join(cycle))
+        return self
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [stage.name for stage in self.stages]

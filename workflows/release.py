@@ -1,0 +1,231 @@
+"""Releases: the immutable snapshot, stage statuses, status views and the audit trail.
+
+Plain pydantic models shared by the workflows, the activities and the CLI.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from pydantic import Field
+
+from workflows.pipeline import Model, Pipeline, SecretRef, Stage, VariableValue
+
+
+class StageStatus(StrEnum):
+    """What a person sees for a stage of a release."""
+
+    NOT_DEPLOYED = "not_deployed"
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    SKIPPED = "skipped"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {
+        StageStatus.SUCCEEDED,
+        StageStatus.PARTIALLY_SUCCEEDED,
+        StageStatus.FAILED,
+        StageStatus.CANCELED,
+        StageStatus.SKIPPED,
+    }
+)
+
+
+class TaskStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELED = "canceled"
+    IN_PROGRESS = "in_progress"
+    PENDING = "pending"
+
+
+class ResolvedArtifact(Model):
+    """An artifact pinned to one version when the release was created."""
+
+    alias: str
+    type: str
+    version: str
+    source: str = Field(description="absolute drop path, download URL or repository")
+    location: str | None = Field(
+        None, description="local: the version's folder or archive inside the drop"
+    )
+    commit: str | None = None
+    sha256: str | None = None
+    extract: bool = True
+
+
+class ReleaseSpec(Model):
+    """The immutable snapshot a release deploys: definition, versions, variables."""
+
+    pipeline: Pipeline
+    number: int
+    name: str
+    artifacts: list[ResolvedArtifact] = []
+    variables: dict[str, str] = Field({}, description="release-time values (--var K=V)")
+    until: str | None = None
+    description: str = ""
+    created_by: str
+    created_at: datetime
+    revision: str = Field(description="sha256 of the pipeline definition")
+
+    @property
+    def reference(self) -> str:
+        return f"{self.pipeline.name}/{self.number}"
+
+
+def merged_variables(spec: ReleaseSpec, stage: Stage) -> dict[str, VariableValue]:
+    """Pipeline, then stage, then release-time variables; later ones win."""
+    merged: dict[str, VariableValue] = dict(spec.pipeline.variables)
+    merged.update(stage.variables)
+    merged.update(spec.variables)
+    return merged
+
+
+def split_secrets(
+    variables: dict[str, VariableValue],
+) -> tuple[dict[str, str], dict[str, SecretRef]]:
+    plain = {k: v for k, v in variables.items() if isinstance(v, str)}
+    secrets = {k: v for k, v in variables.items() if isinstance(v, SecretRef)}
+    return plain, secrets
+
+
+class TaskRun(Model):
+    """One task of one job in one deployment, as it ran (or did not)."""
+
+    job: str
+    task: str
+    status: TaskStatus = TaskStatus.PENDING
+    exit_code: int | None = None
+    tries: int = 0
+    started_at: datetime | None = None
+    duration: timedelta | None = None
+    agent: str | None = None
+    log: str | None = Field(None, description="log store key of the last try's log")
+    message: str = ""
+    continue_on_error: bool = False
+
+
+class AgentSession(Model):
+    """One lease of an agent for one job; a lost agent means another session."""
+
+    job: str
+    try_number: int
+    agent: str
+    leased_at: datetime
+    ended_at: datetime | None = None
+    lost: bool = False
+
+
+class StageAttempt(Model):
+    """One deployment of a stage."""
+
+    attempt: int
+    status: StageStatus
+    workflow_id: str
+    triggered_by: str
+    reason: str = Field(description="after_release, after <stage>, deploy, redeploy")
+    started_at: datetime
+    ended_at: datetime | None = None
+    tasks: list[TaskRun] = []
+    agents: list[AgentSession] = []
+    message: str = ""
+
+
+class StageView(Model):
+    name: str
+    status: StageStatus = StageStatus.NOT_DEPLOYED
+    trigger: str = ""
+    attempts: list[StageAttempt] = []
+
+    @property
+    def latest(self) -> StageAttempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+class AuditEvent(Model):
+    """One line of a release's audit trail: who did what, when, with what outcome."""
+
+    time: datetime
+    actor: str
+    action: str
+    stage: str | None = None
+    outcome: str = "accepted"
+    detail: str = ""
+    request_id: str | None = None
+
+
+class ReleaseStatus(Model):
+    """The `status` query of a ReleaseWorkflow."""
+
+    pipeline: str
+    number: int
+    name: str
+    state: str = Field(description="active, abandoned or closed")
+    status: str = Field(description="aggregate of the stages")
+    created_by: str
+    created_at: datetime
+    description: str = ""
+    until: str | None = None
+    artifacts: list[ResolvedArtifact] = []
+    stages: list[StageView] = []
+
+    def stage(self, name: str) -> StageView:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+
+def release_status_of(stages: list[StageView], state: str) -> str:
+    """One word for the whole release, for lists and the StageflowStatus attribute."""
+    if state != "active":
+        return state
+    statuses = [stage.status for stage in stages]
+    if any(s in (StageStatus.IN_PROGRESS, StageStatus.QUEUED) for s in statuses):
+        return "in_progress"
+    if any(s == StageStatus.FAILED for s in statuses):
+        return "failed"
+    if any(s == StageStatus.CANCELED for s in statuses):
+        return "canceled"
+    if any(s == StageStatus.PARTIALLY_SUCCEEDED for s in statuses):
+        return "partially_succeeded"
+    if statuses and all(s == StageStatus.SUCCEEDED for s in statuses):
+        return "succeeded"
+    if any(s == StageStatus.SUCCEEDED for s in statuses):
+        return "partially_deployed"
+    return "not_deployed"
+
+
+# --- signals ------------------------------------------------------------------------
+
+
+class DeployRequest(Model):
+    """`deploy` / `redeploy` signal: deploy one stage of the release now."""
+
+    stage: str
+    by: str
+    request_id: str | None = None
+
+
+class AbandonRequest(Model):
+    by: str
+    reason: str = ""
+    request_id: str | None = None
+
+
+class CancelRequest(Model):
+    """`cancel` signal of a StageWorkflow."""
+
+    by: str
+    reason: str = ""
