@@ -214,7 +214,9 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.control import run_control_worker
 
-    client = await _client(settings, identity=f"control-worker@{os.uname().nodename}")
+    client = await _client(
+        settings, identity=f"control-worker pid {os.getpid()}@{os.uname().nodename}"
+    )
     stop = _stop_on_signals()
     print(f"control worker polling {settings.task_queue!r} at {settings.address}", flush=True)
     await run_control_worker(client, stop, settings.task_queue)

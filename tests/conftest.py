@@ -114,15 +114,12 @@ class Stack:
 
     async def start_worker(self) -> subprocess.Popen[bytes]:
         process = self.spawn(["worker"], "worker")
-        await self.wait_for_pollers(self.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, 1)
+        await self.wait_for_poller(process, self.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
         return process
 
     async def start_agent(
         self, name: str, pool: str = "linux", capacity: int = 1, **env: str
     ) -> subprocess.Popen[bytes]:
-        before = await self.pollers(
-            pool_queue(self.pool(pool)), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
-        )
         process = self.spawn(
             [
                 "agent",
@@ -138,27 +135,30 @@ class Stack:
             f"agent-{name}",
             **env,
         )
-        await self.wait_for_pollers(
-            pool_queue(self.pool(pool)), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, before + 1
+        await self.wait_for_poller(
+            process, pool_queue(self.pool(pool)), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
         )
         return process
 
-    async def pollers(self, queue: str, kind: TaskQueueType.ValueType) -> int:
+    async def pollers(self, queue: str, kind: TaskQueueType.ValueType) -> set[str]:
         response = await self.client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
                 namespace="default", task_queue=TaskQueue(name=queue), task_queue_type=kind
             )
         )
-        return len({p.identity for p in response.pollers})
+        return {p.identity for p in response.pollers}
 
-    async def wait_for_pollers(self, queue: str, kind: TaskQueueType.ValueType, count: int) -> None:
-        async def enough() -> bool:
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise AssertionError(f"process {process.args} exited with {process.returncode}")
-            return await self.pollers(queue, kind) >= count
+    async def wait_for_poller(
+        self, process: subprocess.Popen[bytes], queue: str, kind: TaskQueueType.ValueType
+    ) -> None:
+        """Wait until the new process polls `queue` (its identity carries its PID)."""
 
-        await wait_for(enough, timeout=30, what=f"{count} poller(s) on {queue}")
+        async def polling() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"process {process.args} exited with {process.returncode}")
+            return any(f"pid {process.pid}" in i for i in await self.pollers(queue, kind))
+
+        await wait_for(polling, timeout=30, what=f"pid {process.pid} polling {queue}")
 
     def write_pipeline(self, text: str, name: str = "pipeline.yml") -> Path:
         """Write a pipeline; `{pool}` / `{pool:NAME}` placeholders become this test's pools."""

@@ -63,7 +63,7 @@ async def run_agent(
         task_queue=pool_queue(options.pool),
         activities=[activities.lease_agent],
         max_concurrent_activities=options.capacity,
-        identity=f"{agent_id}@{options.pool}",
+        identity=f"{agent_id} pid {os.getpid()}@{socket.gethostname()} pool {options.pool}",
     )
     step_worker = Worker(
         client,
@@ -75,7 +75,7 @@ async def run_agent(
             activities.cleanup,
         ],
         max_concurrent_activities=max(4, options.capacity * 4),
-        identity=agent_id,
+        identity=f"{agent_id} pid {os.getpid()}@{socket.gethostname()}",
     )
     async with step_worker, pool_worker:
         print(

@@ -16,6 +16,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -30,7 +32,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 def parse_duration(value: Any) -> Any:
     """Turn `30m`, `2h`, `1d`, `1h30m`, `90` (seconds) into a timedelta."""
     if isinstance(value, timedelta):
-        return value
+        return _seconds(value.total_seconds(), value)
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or text like 30s, 5m, 2h, 1d")
     if isinstance(value, int | float):
@@ -44,7 +46,12 @@ def parse_duration(value: Any) -> Any:
             return _seconds(sum(float(n) * _UNIT_SECONDS[u] for n, u in parts), value)
         # Durations that pydantic itself wrote (ISO 8601, e.g. "PT30S") on the way back.
         if text.startswith("P"):
-            return value
+            try:
+                parsed = TypeAdapter(timedelta).validate_python(text)
+            except ValidationError:
+                pass
+            else:
+                return _seconds(parsed.total_seconds(), value)
     raise ValueError(f"{value!r} is not a duration: use text like 30s, 5m, 2h, 1d or 1h30m")
 
 
