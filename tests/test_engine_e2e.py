@@ -98,7 +98,8 @@ async def replay_release(
         for index, history in enumerate(histories):
             kind = history.events[0].workflow_execution_started_event_attributes.workflow_type.name
             path = HISTORIES / f"{record_as}-{index}-{kind}.json"
-            path.write_text(json.dumps(json.loads(history.to_json()), indent=1))
+            data = {"workflow_id": history.workflow_id, **json.loads(history.to_json())}
+            path.write_text(json.dumps(data, indent=1))
 
 
 @pytest.mark.e2e
@@ -364,6 +365,7 @@ async def test_killed_agent_job_moves_to_another_agent_and_release_succeeds(stac
     ]
     survivor = {"a1": "a2", "a2": "a1"}[victim]
     assert f"finished on {survivor}" in stack.log_text(task(status, "dev", "long deploy").log)
+    await replay_release(stack.client, status, record_as="agent-failover")
 
 
 WORKER_CRASH = """
@@ -404,6 +406,7 @@ async def test_killed_control_worker_is_replaced_and_the_release_finishes(stack:
     assert statuses(status) == {"dev": "succeeded", "qa": "succeeded"}
     assert "went" in stack.log_text(task(status, "dev", "wait for go").log)
     assert "qa after crash" in stack.log_text(task(status, "qa", "qa").log)
+    await replay_release(stack.client, status, record_as="worker-crash")
 
 
 SECRETS = """
