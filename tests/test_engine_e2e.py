@@ -537,3 +537,60 @@ async def test_release_numbers_are_sequential_and_revisions_recorded(stack: Stac
     revisions = await handle.query(PipelineWorkflow.revisions)
     assert len(revisions) == 1 and revisions[0].author == "tester"
     assert ReleaseRef("x", 1).workflow_id == "release/x/1"
+
+
+CANCEL = """
+    name: cancel-{suffix}
+    variables: {{DIR: {dir}}}
+    stages:
+      - name: dev
+        pool: POOL
+        tasks:
+          - name: long
+            script: |
+              echo $$ > "$DIR/task.pid"
+              sleep 300
+          - name: after
+            condition: always
+            script: echo should not run after a cancel
+      - name: qa
+        trigger: {{after_stages: [dev]}}
+        pool: POOL
+        tasks: [{{name: t, script: "true"}}]
+"""
+
+
+@pytest.mark.e2e
+async def test_cancel_kills_the_running_task_and_marks_the_stage_canceled(stack: Stack) -> None:
+    from starter.releases import cancel_stage
+
+    pipeline = stack.write_pipeline(CANCEL.format(suffix=stack.suffix, dir=stack.root))
+    await stack.start_worker()
+    await stack.start_agent("a1")
+    ref, _ = await stack.create(pipeline)
+
+    async def task_pid() -> int:
+        path = stack.root / "task.pid"
+        return int(path.read_text()) if path.exists() and path.read_text().strip() else 0
+
+    pid = await wait_for(task_pid, what="the task to start")
+    await cancel_stage(stack.client, ref, "dev", "dave")
+    status = await stack.wait_settled(ref)
+
+    assert statuses(status) == {"dev": "canceled", "qa": "not_deployed"}
+    attempt = status.stage("dev").latest
+    assert attempt is not None and attempt.message == "canceled by dave"
+    assert task(status, "dev", "long").status == TaskStatus.CANCELED
+    assert task(status, "dev", "after").status == TaskStatus.CANCELED
+
+    def gone() -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        return stat.split(")")[-1].split()[0] == "Z"  # a zombie is dead (PID 1 reaps late)
+
+    async def process_gone() -> bool:
+        return gone()
+
+    await wait_for(process_gone, what=f"task process {pid} to die")
