@@ -83,6 +83,7 @@ class AgentActivities:
         work_dir: Path,
         log_store: LogStore,
         base_env: dict[str, str],
+        data_dir: Path,
     ) -> None:
         self._client = client
         self.agent_id = agent_id
@@ -91,6 +92,7 @@ class AgentActivities:
         self._cache = ArtifactCache(work_dir / "cache")
         self._log_store = log_store
         self._base_env = base_env
+        self._data_dir = data_dir
         self._leases: dict[str, LeaseState] = {}
 
     # --- the lease, on pool/<pool> ------------------------------------------------------
@@ -188,7 +190,12 @@ class AgentActivities:
                 secrets = self._resolve_secrets(request.secrets)
                 masker = SecretMasker(list(secrets.values()))
                 env = self._task_env(request, lease, secrets)
-                variables = {**request.variables, **secrets}
+                # Templates see the variables and the STAGEFLOW_* context, not the agent's env.
+                variables = {
+                    **request.variables,
+                    **secrets,
+                    **self._context_env(request, lease),
+                }
                 cwd = _inside(lease.job_dir, _render(task.working_dir or ".", variables))
                 cwd.mkdir(parents=True, exist_ok=True)
                 if task.kind in ("script", "file"):
@@ -301,13 +308,20 @@ class AgentActivities:
         env.update(
             {k: _render(v, {**request.variables, **secrets}) for k, v in request.task.env.items()}
         )
-        env.update(request.context.environment())
-        env["STAGEFLOW_WORK_DIR"] = str(lease.job_dir)
-        env["STAGEFLOW_ARTIFACTS"] = str(lease.job_dir / "artifacts")
-        env["STAGEFLOW_AGENT"] = self.agent_name
-        env["STAGEFLOW_TASK"] = request.task.name
-        env["STAGEFLOW_TRY"] = str(request.try_number)
+        env.update(self._context_env(request, lease))
         return env
+
+    def _context_env(self, request: RunTaskRequest, lease: LeaseState) -> dict[str, str]:
+        """The STAGEFLOW_* variables every task sees (and templates can use)."""
+        return {
+            **request.context.environment(),
+            "STAGEFLOW_WORK_DIR": str(lease.job_dir),
+            "STAGEFLOW_ARTIFACTS": str(lease.job_dir / "artifacts"),
+            "STAGEFLOW_AGENT": self.agent_name,
+            "STAGEFLOW_DATA_DIR": str(self._data_dir),
+            "STAGEFLOW_TASK": request.task.name,
+            "STAGEFLOW_TRY": str(request.try_number),
+        }
 
     def _script_argv(
         self, task: Task, lease: LeaseState, index: int, variables: dict[str, str]

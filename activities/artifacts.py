@@ -112,9 +112,7 @@ class ArtifactCache:
         if dest.exists() or dest.is_symlink():
             raise FileExistsError(f"artifact {artifact.alias!r}: {dest} exists already")
         key, fill = await self._plan(artifact)
-        cached = await asyncio.to_thread(self._blob(key).is_dir)
-        if not cached:
-            key, cached = await self._ensure(key, fill)
+        key, cached = await self._ensure(key, fill)
         await asyncio.to_thread(self._save_index)
         size = await asyncio.to_thread(self._place, key, dest)
         return FetchResult(
@@ -213,7 +211,7 @@ class ArtifactCache:
     async def _ensure(self, key: str, fill: Fill) -> tuple[str, bool]:
         """Build the entry for `key` unless someone did meanwhile: (final key, was cached)."""
         async with self._lock(key):
-            if await asyncio.to_thread(self._blob(key).is_dir):
+            if await asyncio.to_thread(self._intact, key):
                 return key, True
             staging = Path(
                 await asyncio.to_thread(tempfile.mkdtemp, prefix=".tmp-", dir=self._blobs)
@@ -226,9 +224,34 @@ class ArtifactCache:
                 raise
             return final, False
 
+    def _intact(self, key: str) -> bool:
+        """Is the entry there and unchanged since it was made?
+
+        Jobs get hard links to the cached files, with their ordinary modes, so a
+        task's `cp -r` makes ordinary writable copies. A task that writes to an
+        artifact file *in place* would change the cache through its link: every
+        hit therefore compares each file's size and mtime with the manifest
+        written when the entry was made (stat only, no hashing) and rebuilds a
+        changed entry.
+        """
+        blob = self._blob(key)
+        if not blob.is_dir():
+            return False
+        try:
+            manifest = json.loads(self._manifest(key).read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if manifest is None or manifest != _stat_manifest(blob):
+            _remove_tree(blob)
+            return False
+        return True
+
+    def _manifest(self, key: str) -> Path:
+        return self._blobs.parent / "manifests" / f"{key}.json"
+
     def _commit(self, staging: Path, key: str) -> None:
-        """Seal a complete tree read-only and move it in; a concurrent winner keeps its copy."""
-        _seal(staging)
+        """Move a complete tree in with its stat manifest; a concurrent winner keeps its copy."""
+        _write_atomically(self._manifest(key), json.dumps(_stat_manifest(staging)))
         target = self._blob(key)
         try:
             # Same parent directory, so a read-only tree can be renamed.
@@ -450,15 +473,23 @@ def _link_tree(source: Path, dest: Path) -> int:
     return total
 
 
-def _seal(tree: Path) -> None:
-    """Make a cache entry read-only: files 0o444 (0o555 if executable), dirs 0o555."""
-    for dirpath, _dirnames, filenames in os.walk(tree, topdown=False):
+def _stat_manifest(tree: Path) -> dict[str, list[int]]:
+    """Size and mtime of every regular file in a tree, by relative path."""
+    manifest = {}
+    for dirpath, _dirnames, filenames in os.walk(tree):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISREG(mode):
-                os.chmod(path, 0o555 if mode & 0o111 else 0o444)
-        os.chmod(dirpath, 0o555)
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode):
+                manifest[os.path.relpath(path, tree)] = [info.st_size, info.st_mtime_ns]
+    return manifest
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    temp.write_text(text)
+    os.replace(temp, path)
 
 
 def _remove_tree(path: Path) -> None:

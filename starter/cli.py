@@ -31,7 +31,7 @@ from worker.settings import Settings, connect
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A mistake in what the user asked: one line, exit code 2."""
 
 
@@ -43,26 +43,15 @@ class ServerUnavailable(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--as", dest="user", help="who you are (else $STAGEFLOW_USER, else the OS user)"
-    )
-    common.add_argument(
-        "--address", help="Temporal address (else $TEMPORAL_ADDRESS, 127.0.0.1:7233)"
-    )
-    common.add_argument(
-        "--namespace", help="Temporal namespace (else $TEMPORAL_NAMESPACE, default)"
-    )
-    common.add_argument(
-        "--data-dir", help="data directory (else $STAGEFLOW_DATA_DIR, ~/.stageflow)"
-    )
-    common.add_argument("--task-queue", help=argparse.SUPPRESS)
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    top = _common_options(defaults=True)
+    # Options may come before or after the command; below it they must not reset
+    # what was given above it (argparse applies a subparser's defaults last).
+    common = _common_options(defaults=False)
 
     parser = argparse.ArgumentParser(
         prog="stageflow",
         description="Stageflow: releases through stages, on Temporal.",
-        parents=[common],
+        parents=[top],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -132,6 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--headless", action="store_true")
     up.add_argument("--pool", default="linux", help="the pool of the agent it starts")
     return parser
+
+
+def _common_options(defaults: bool) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    common.add_argument(
+        "--as", dest="user", help="who you are (else $STAGEFLOW_USER, else the OS user)", **unset
+    )
+    common.add_argument(
+        "--address", help="Temporal address (else $TEMPORAL_ADDRESS, 127.0.0.1:7233)", **unset
+    )
+    common.add_argument(
+        "--namespace", help="Temporal namespace (else $TEMPORAL_NAMESPACE, default)", **unset
+    )
+    common.add_argument(
+        "--data-dir", help="data directory (else $STAGEFLOW_DATA_DIR, ~/.stageflow)", **unset
+    )
+    common.add_argument("--task-queue", help=argparse.SUPPRESS, **unset)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts", **unset)
+    return common
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

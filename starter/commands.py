@@ -131,12 +131,7 @@ async def list_releases(client: Client, settings: Settings, args: argparse.Names
 
 
 async def show(client: Client, settings: Settings, args: argparse.Namespace) -> int:
-    from starter.cli import UserError
-
-    try:
-        ref = ReleaseRef.parse(args.release)
-    except ValueError as err:
-        raise UserError(str(err)) from err
+    ref = ReleaseRef.parse(args.release)  # a ValueError is a usage error: exit 2
     status = await release_status(client, ref)
     if args.json:
         print(json.dumps(render.release_json(status)))

@@ -162,6 +162,18 @@ class Stack:
 
         await wait_for(polling, timeout=30, what=f"pid {process.pid} polling {queue}")
 
+    def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run `stageflow ARGS` as a user would, in this test's world."""
+        return subprocess.run(
+            [sys.executable, "-m", "starter.cli", *args],
+            cwd=self.root,
+            env=self.env(PYTHONPATH=str(ROOT), **env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     def write_pipeline(self, text: str, name: str = "pipeline.yml") -> Path:
         """Write a pipeline; `{pool}` / `{pool:NAME}` placeholders become this test's pools."""
         text = textwrap.dedent(text).replace("POOL", self.pool("linux"))

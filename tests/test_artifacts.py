@@ -302,25 +302,33 @@ async def test_folder_drop_lands_at_dest_and_second_fetch_is_a_cache_hit(
     assert (tmp_path / "a3" / "VERSION").read_text() == "1.10.0 rebuilt"
 
 
-async def test_cached_files_are_read_only_hard_links(
+async def test_cached_files_are_hard_links_and_a_file_changed_in_place_is_rebuilt(
     drop: Path, pipeline_file: Path, tmp_path: Path
 ) -> None:
     [artifact] = resolve_artifacts([local()], pipeline_file, {})
     cache = ArtifactCache(tmp_path / "cache")
     await cache.fetch(artifact, tmp_path / "placed")
-    [entry] = (tmp_path / "cache" / "blobs").iterdir()
-
-    def mode(path: Path) -> int:
-        return stat.S_IMODE(path.lstat().st_mode)
-
-    assert mode(entry) == 0o555 and mode(entry / "bin") == 0o555
-    assert mode(entry / "VERSION") == 0o444
-    assert mode(entry / "bin" / "deploy.sh") == 0o555  # executable stays executable
+    [entry] = [p for p in (tmp_path / "cache" / "blobs").iterdir() if p.is_dir()]
     placed = tmp_path / "placed" / "VERSION"
     assert placed.stat().st_ino == (entry / "VERSION").stat().st_ino
-    assert mode(placed) == 0o444
-    # The job's own directories are writable: a task may add files next to the artifact.
-    (tmp_path / "placed" / "extra.txt").write_text("mine")
+    assert os.access(tmp_path / "placed" / "bin" / "deploy.sh", os.X_OK)
+
+    # A task's `cp -r` of the artifact makes ordinary, writable files.
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(tmp_path / "placed"), str(copy)], check=True)
+    assert stat.S_IMODE((copy / "VERSION").stat().st_mode) & 0o200
+
+    # A task that writes into an artifact in place changes the cached file too:
+    # the next hit notices and rebuilds the entry from the drop.
+    with placed.open("a") as out:
+        out.write(" tampered")
+    again = await cache.fetch(artifact, tmp_path / "placed-again")
+    assert again.cached is False
+    assert (tmp_path / "placed-again" / "VERSION").read_text() == (
+        drop / "1.10.0" / "VERSION"
+    ).read_text()
+    third = await cache.fetch(artifact, tmp_path / "placed-third")
+    assert third.cached is True
 
 
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])

@@ -56,6 +56,7 @@ async def run_agent(
         work_dir=options.work_dir,
         log_store=DirectoryLogStore(settings.log_dir),
         base_env=dict(os.environ),
+        data_dir=settings.data_dir,
     )
     # The pool worker only polls while it has a free slot: one job per slot.
     pool_worker = Worker(
