@@ -26,6 +26,7 @@ from starter.releases import (
     ReleaseRef,
     StageNotFound,
 )
+from worker.devserver import ServerFailed
 from worker.settings import Settings, connect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -318,7 +319,7 @@ def run(argv: list[str] | None = None) -> int:
     except (UserError, ReleaseNotFound, StageNotFound, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except ServerUnavailable as err:
+    except (ServerUnavailable, ServerFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except RPCError as err:

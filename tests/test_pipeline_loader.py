@@ -232,7 +232,8 @@ def test_task_with_script_and_http_is_reported_at_the_task(tmp_path: Path) -> No
 
     assert where(problems) == [(8, "stages[0].tasks[1]")]
     assert problems[0].message == (
-        "task 'ping' needs exactly one of script, file, template, copy, http (found: script, http)"
+        "task 'ping' needs exactly one of script, file, template, copy, http, "
+        "manual_intervention (found: script, http)"
     )
 
 

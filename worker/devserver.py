@@ -85,11 +85,25 @@ def start_dev_server(
         log.close()
 
 
-async def wait_for_server(address: str, timeout: float = 30.0) -> Client:
-    """Connect once the server answers and its namespace is ready."""
+class ServerFailed(RuntimeError):
+    """The dev server exited or did not answer in time."""
+
+
+async def wait_for_server(
+    address: str,
+    timeout: float = 30.0,
+    process: subprocess.Popen[bytes] | None = None,
+    log_file: Path | None = None,
+) -> Client:
+    """Connect once the server answers; fail at once if the server process exits."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerFailed(
+                f"the Temporal dev server exited with code {process.returncode}"
+                + (f": {_last_line(log_file)}" if log_file else "")
+            )
         try:
             client = await Client.connect(address)
             await client.workflow_service.get_system_info(GetSystemInfoRequest())
@@ -97,7 +111,15 @@ async def wait_for_server(address: str, timeout: float = 30.0) -> Client:
         except Exception as err:  # not up yet
             last = err
             await asyncio.sleep(0.1)
-    raise TimeoutError(f"Temporal did not answer at {address} within {timeout:.0f}s: {last}")
+    raise ServerFailed(f"Temporal did not answer at {address} within {timeout:.0f}s: {last}")
+
+
+def _last_line(log_file: Path) -> str:
+    try:
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return f"see {log_file}"
+    return (lines[-1][:300] + f" (log: {log_file})") if lines else f"see {log_file}"
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

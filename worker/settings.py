@@ -20,6 +20,29 @@ DEFAULT_ADDRESS = "127.0.0.1:7233"
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    """Where mail goes. Without a host, mails are written to the outbox directory."""
+
+    host: str | None = None
+    port: int = 587
+    security: str = "starttls"  # starttls | ssl | none
+    user: str | None = None
+    password: str | None = None
+    sender: str = "stageflow@localhost"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SmtpSettings:
+        return cls(
+            host=env.get("STAGEFLOW_SMTP_HOST") or None,
+            port=int(env.get("STAGEFLOW_SMTP_PORT", "587")),
+            security=env.get("STAGEFLOW_SMTP_SECURITY", "starttls").lower(),
+            user=env.get("STAGEFLOW_SMTP_USER") or None,
+            password=env.get("STAGEFLOW_SMTP_PASSWORD") or None,
+            sender=env.get("STAGEFLOW_SMTP_FROM", "stageflow@localhost"),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     address: str = DEFAULT_ADDRESS
     namespace: str = "default"
@@ -31,6 +54,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    smtp: SmtpSettings = field(default_factory=lambda: SmtpSettings())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +79,7 @@ class Settings:
             tls_cert=path("TEMPORAL_TLS_CLIENT_CERT_PATH"),
             tls_key=path("TEMPORAL_TLS_CLIENT_KEY_PATH"),
             tls_ca=path("TEMPORAL_TLS_SERVER_CA_CERT_PATH"),
+            smtp=SmtpSettings.from_env(env),
         )
 
     def with_flags(self, **flags: object) -> Settings:
@@ -67,6 +92,11 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Mails land here as .eml files when no SMTP host is configured."""
+        return self.data_dir / "outbox"
 
 
 async def connect(settings: Settings, identity: str | None = None) -> Client:

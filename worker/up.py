@@ -16,7 +16,12 @@ async def run_stack(settings: Settings, port: int, *, headless: bool, pool: str)
     settings = settings.with_flags(address=f"127.0.0.1:{port}")
     server = start_dev_server(settings.data_dir, port, headless=headless)
     try:
-        await wait_for_server(settings.address, timeout=60)
+        await wait_for_server(
+            settings.address,
+            timeout=60,
+            process=server,
+            log_file=settings.data_dir / "temporal.log",
+        )
         client = await connect(settings, identity="stageflow up")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -224,7 +224,18 @@ class HttpCall(Model):
     timeout: Duration = timedelta(seconds=30)
 
 
-TASK_KINDS = ("script", "file", "template", "copy", "http")
+class ManualIntervention(Model):
+    """A pause in the job for a person: `stageflow resume` goes on, `reject` stops."""
+
+    instructions: str
+    timeout: Duration = timedelta(days=1)
+    on_timeout: Literal["reject", "resume"] = "reject"
+    approvers: list[str] = Field(
+        [], description="who may resume or reject (users or group:NAME); empty: anyone"
+    )
+
+
+TASK_KINDS = ("script", "file", "template", "copy", "http", "manual_intervention")
 
 
 class Task(Model):
@@ -238,6 +249,7 @@ class Task(Model):
     template: TemplateSpec | None = None
     copy_: CopySpec | None = Field(None, alias="copy")
     http: HttpCall | None = None
+    manual_intervention: ManualIntervention | None = None
     condition: Literal["succeeded", "always", "failed"] = "succeeded"
     continue_on_error: bool = False
     timeout: Duration = Field(
@@ -269,14 +281,188 @@ class Task(Model):
     def kind(self) -> str:
         return next(kind for kind in TASK_KINDS if self.spec_of(kind) is not None)
 
+    @property
+    def runs_on_agent(self) -> bool:
+        """Server tasks (a manual intervention) run in the orchestrator, not on an agent."""
+        return self.manual_intervention is None
+
 
 class Job(Model):
     """Tasks that run in order on one agent leased from `pool`."""
 
     name: str = Field("job", pattern=NAME_PATTERN)
-    pool: str = Field(pattern=NAME_PATTERN)
+    pool: str | None = Field(
+        None, pattern=NAME_PATTERN, description="needed unless every task is a manual intervention"
+    )
     tasks: list[Task] = Field(min_length=1)
     timeout: Duration = Field(timedelta(hours=6), description="the whole job, all tasks")
+
+    @model_validator(mode="after")
+    def _pool_when_needed(self) -> Job:
+        if self.pool is None and self.needs_agent:
+            raise ValueError(f"job {self.name!r} has tasks that run on an agent: it needs `pool`")
+        return self
+
+    @property
+    def needs_agent(self) -> bool:
+        return any(task.runs_on_agent for task in self.tasks)
+
+
+class Approvals(Model):
+    """People who decide before (pre) or after (post) a deployment."""
+
+    approvers: list[str] = Field(min_length=1, description="users, or group:NAME")
+    policy: Literal["any", "all", "sequence"] = Field(
+        "any", description="any one; every listed entry; every entry in order"
+    )
+    timeout: Duration = Field(timedelta(days=30), description="expiry rejects the deployment")
+    creator_can_approve: bool = False
+    skip_if_approved_previous_stage: bool = False
+
+
+class HttpCheck(Model):
+    url: str
+    method: Literal["GET", "POST", "HEAD"] = "GET"
+    expect_status: int | list[int] = 200
+    expect_json: JsonExpectation | None = None
+    timeout: Duration = timedelta(seconds=10)
+
+
+class JsonExpectation(Model):
+    path: str = Field(description="dotted path into the JSON body, e.g. status or checks.0.state")
+    equals: Any
+
+
+class ScriptCheck(Model):
+    pool: str = Field(pattern=NAME_PATTERN)
+    run: str = Field(description="a bash command line; exit code 0 means healthy")
+    timeout: Duration = timedelta(minutes=5)
+
+
+class GateCheck(Model):
+    """One health check: exactly one of http or script."""
+
+    name: str | None = Field(
+        None, description="shown in evaluations; defaults to the URL or command"
+    )
+    http: HttpCheck | None = None
+    script: ScriptCheck | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GateCheck:
+        if (self.http is None) == (self.script is None):
+            raise ValueError("a gate check needs exactly one of http or script")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return self.http.url if self.http else self.script.run  # type: ignore[union-attr]
+
+
+class Gates(Model):
+    """Automated health checks, sampled until healthy long enough or timed out."""
+
+    delay: Duration = Field(timedelta(0), description="before the first evaluation")
+    interval: Duration = Field(timedelta(minutes=5), description="sampling interval")
+    min_success_duration: Duration = Field(
+        timedelta(0), description="all checks healthy continuously this long"
+    )
+    timeout: Duration = Field(timedelta(hours=2), description="expiry rejects the deployment")
+    checks: list[GateCheck] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> Gates:
+        labels = [check.label for check in self.checks]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise ValueError(f"two gate checks are both called {label!r}: give them names")
+        if self.interval <= timedelta(0):
+            raise ValueError("`interval` must be more than 0")
+        return self
+
+
+class Conditions(Model):
+    """What must hold before (pre_deployment) or after (post_deployment) the jobs."""
+
+    approvals: Approvals | None = None
+    gates: Gates | None = None
+    order: Literal["approvals_then_gates", "gates_then_approvals"] = "approvals_then_gates"
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Schedule(Model):
+    """Deploy only at `time` on `days`, in `timezone`."""
+
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+    time: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM")
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+
+class Freeze(Model):
+    """No deployment starts from each `cron` match for `duration`."""
+
+    cron: str = Field(description="5 fields: minute hour day-of-month month day-of-week")
+    duration: Duration
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r}: a cron expression has 5 fields (m h dom mon dow)")
+        return value
+
+
+NOTIFY_EVENTS = (
+    "waiting_for_approval",
+    "waiting_for_intervention",
+    "succeeded",
+    "partially_succeeded",
+    "failed",
+    "rejected",
+    "canceled",
+)
+
+
+class Notify(Model):
+    on: list[
+        Literal[
+            "waiting_for_approval",
+            "waiting_for_intervention",
+            "succeeded",
+            "partially_succeeded",
+            "failed",
+            "rejected",
+            "canceled",
+        ]
+    ] = Field(min_length=1)
+    to: list[str] = Field(min_length=1, description="users, or group:NAME")
+
+
+class UserInfo(Model):
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str | None = None
+
+
+def _check_timezone(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_+\-/]+", value):
+        raise ValueError(f"{value!r} is not a time zone name (e.g. Europe/Berlin, UTC)")
+    return value
 
 
 class AfterStages(Model):
@@ -301,6 +487,11 @@ class Stage(Model):
     agent_lost_retries: int = Field(
         2, ge=0, le=10, description="how often a job moves to another agent when its agent dies"
     )
+    pre_deployment: Conditions | None = None
+    post_deployment: Conditions | None = None
+    schedule: Schedule | None = None
+    freezes: list[Freeze] = []
+    notify: Notify | None = None
 
     @model_validator(mode="after")
     def _tasks_or_jobs(self) -> Stage:
@@ -308,10 +499,12 @@ class Stage(Model):
         if self.jobs is not None and (self.tasks is not None or self.pool is not None):
             raise ValueError("a stage has either `jobs` or `pool` with `tasks`, not both")
         if self.jobs is None:
-            if self.tasks is None or self.pool is None:
+            if self.tasks is None:
                 raise ValueError("a stage needs `pool` and `tasks`, or `jobs`")
             if not self.tasks:
                 raise ValueError("`tasks` is empty")
+            if self.pool is None and any(task.runs_on_agent for task in self.tasks):
+                raise ValueError("a stage needs `pool` and `tasks`, or `jobs`")
         elif not self.jobs:
             raise ValueError("`jobs` is empty")
         names = [job.name for job in self.all_jobs()]
@@ -328,8 +521,22 @@ class Stage(Model):
         """The stage's jobs; a stage with plain `pool` and `tasks` is one job."""
         if self.jobs is not None:
             return self.jobs
-        assert self.pool is not None and self.tasks is not None
+        assert self.tasks is not None
         return [Job(name="job", pool=self.pool, tasks=self.tasks)]
+
+    def people_lists(self) -> list[list[str]]:
+        """Every list of approvers or recipients in this stage, for checks."""
+        lists = []
+        for conditions in (self.pre_deployment, self.post_deployment):
+            if conditions and conditions.approvals:
+                lists.append(conditions.approvals.approvers)
+        if self.notify:
+            lists.append(self.notify.to)
+        for job in self.all_jobs():
+            for task in job.tasks:
+                if task.manual_intervention:
+                    lists.append(task.manual_intervention.approvers)
+        return lists
 
     @property
     def upstream(self) -> list[str]:
@@ -349,6 +556,8 @@ class Pipeline(Model):
     description: str = ""
     release_name_format: str = "Release-{{ number }}"
     variables: Variables = {}
+    groups: dict[str, list[str]] = Field({}, description="approver groups: name -> users")
+    users: dict[str, UserInfo] = Field({}, description="people's email addresses")
     artifacts: list[Artifact] = []
     stages: list[Stage] = Field(min_length=1)
     retention: Duration = Field(
@@ -383,7 +592,21 @@ class Pipeline(Model):
         cycle = find_cycle({stage.name: stage.upstream for stage in self.stages})
         if cycle:
             raise ValueError("stage triggers form a cycle: " + " -> ".join(cycle))
+        for stage in self.stages:
+            for people in stage.people_lists():
+                for entry in people:
+                    if entry.startswith("group:") and entry[6:] not in self.groups:
+                        raise ValueError(
+                            f"stage {stage.name!r} names unknown group {entry[6:]!r}"
+                            + (f" (groups: {', '.join(self.groups)})" if self.groups else "")
+                        )
         return self
+
+    def members(self, entry: str) -> list[str]:
+        """The users an approver entry stands for: itself, or a group's members."""
+        if entry.startswith("group:"):
+            return list(self.groups.get(entry[6:], []))
+        return [entry]
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:

@@ -226,6 +226,7 @@ class StageWorkflow:
 
     async def _lease(self, job: Job, context: JobContext) -> Lease:
         """Hold one agent of the pool for the job; the agent signals where to send steps."""
+        assert job.pool is not None, "a job with agent tasks has a pool (validated)"
         handle = workflow.start_activity(
             "lease_agent",
             LeaseRequest(context=context),

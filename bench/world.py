@@ -1,0 +1,249 @@
+"""The benchmark's world: one dev server, Stageflow's processes, the bare worker.
+
+Everything is started on loopback, on free ports, in one temporary directory,
+and stopped by PID (process group) when the run ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from temporalio.api.enums.v1 import EventType, TaskQueueType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from starter.releases import ReleaseRef, create_release
+from worker.devserver import free_port, start_dev_server, stop_process, wait_for_server
+from workflows.names import pool_queue
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+WORKFLOW = TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
+ACTIVITY = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+
+CHILD_DONE = {
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_CANCELED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TIMED_OUT,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TERMINATED,
+}
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll `check` until it returns something truthy; TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def event_time(event: HistoryEvent) -> float:
+    """An event's server time as unix seconds (the server runs on this machine)."""
+    return event.event_time.ToNanoseconds() / 1e9
+
+
+async def wait_for_children(
+    client: Client, workflow_id: str, count: int, timeout: float
+) -> list[HistoryEvent]:
+    """Long-poll a workflow's history until `count` children have ended; their end events.
+
+    The server pushes new events, so nothing polls a worker (a query would) and
+    the times are the server's own.
+    """
+
+    async def follow() -> list[HistoryEvent]:
+        done: list[HistoryEvent] = []
+        handle = client.get_workflow_handle(workflow_id)
+        async for event in handle.fetch_history_events(wait_new_event=True):
+            if event.event_type in CHILD_DONE:
+                done.append(event)
+                if len(done) >= count:
+                    return done
+        raise RuntimeError(f"{workflow_id} closed after {len(done)} of {count} children")
+
+    return await asyncio.wait_for(follow(), timeout)
+
+
+@dataclass
+class World:
+    """One benchmark run's server and processes."""
+
+    root: Path
+    address: str
+    client: Client
+    server: subprocess.Popen[bytes]
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    server_seconds: float = 0.0
+
+    @property
+    def task_queue(self) -> str:
+        return f"bench-stageflow-{self.suffix}"
+
+    @property
+    def bare_queue(self) -> str:
+        return f"bench-bare-{self.suffix}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def pool(self, name: str) -> str:
+        return f"bench-{name}-{self.suffix}"
+
+    @classmethod
+    async def start(cls, root: Path) -> World:
+        """Start the dev server with Stageflow's settings (SQLite, WAL, synchronous=full)."""
+        port = free_port()
+        started = time.monotonic()
+        server = start_dev_server(root / "temporal", port, headless=True)
+        address = f"127.0.0.1:{port}"
+        try:
+            await wait_for_server(address, timeout=60)
+            client = await Client.connect(address, data_converter=pydantic_data_converter)
+        except BaseException:
+            stop_process(server)
+            raise
+        world = cls(root=root, address=address, client=client, server=server)
+        world.server_seconds = time.monotonic() - started
+        return world
+
+    # --- processes ---------------------------------------------------------------
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TEMPORAL_ADDRESS=self.address,
+            TEMPORAL_NAMESPACE="default",
+            STAGEFLOW_DATA_DIR=str(self.data_dir),
+            STAGEFLOW_TASK_QUEUE=self.task_queue,
+            STAGEFLOW_USER="bench",
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(ROOT),
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, argv: list[str], log_name: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start `python ARGV` in its own process group, output to `<root>/<log_name>.log`."""
+        log = open(self.root / f"{log_name}.log", "ab")
+        try:
+            process = subprocess.Popen(
+                [sys.executable, *argv],
+                cwd=ROOT,
+                env=self.env(**env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.processes.append(process)
+        return process
+
+    async def start_worker(self) -> subprocess.Popen[bytes]:
+        """A Stageflow control worker process (`stageflow worker`)."""
+        process = self.spawn(["-m", "starter.cli", "worker"], "worker")
+        await self.wait_for_poller(process, self.task_queue, WORKFLOW)
+        return process
+
+    async def start_agent(self, name: str, pool: str, capacity: int = 1) -> subprocess.Popen[bytes]:
+        """A Stageflow agent process (`stageflow agent`) in `pool` (a name from `pool()`)."""
+        process = self.spawn(
+            [
+                "-m",
+                "starter.cli",
+                "agent",
+                "--pool",
+                pool,
+                "--name",
+                name,
+                "--capacity",
+                str(capacity),
+                "--work-dir",
+                str(self.root / "agents" / name),
+            ],
+            f"agent-{name}",
+        )
+        await self.wait_for_poller(process, pool_queue(pool), ACTIVITY)
+        return process
+
+    async def start_bare_worker(self, queue: str | None = None) -> subprocess.Popen[bytes]:
+        """The bare shape's worker process (workflows and activities)."""
+        queue = queue or self.bare_queue
+        process = self.spawn(
+            ["-m", "bench.bare_worker", "--address", self.address, "--task-queue", queue],
+            f"bare-{queue}",
+        )
+        await self.wait_for_poller(process, queue, WORKFLOW)
+        await self.wait_for_poller(process, queue, ACTIVITY)
+        return process
+
+    async def pollers(self, queue: str, kind: TaskQueueType.ValueType) -> set[str]:
+        response = await self.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace="default", task_queue=TaskQueue(name=queue), task_queue_type=kind
+            )
+        )
+        return {p.identity for p in response.pollers}
+
+    async def wait_for_poller(
+        self, process: subprocess.Popen[bytes], queue: str, kind: TaskQueueType.ValueType
+    ) -> None:
+        """Wait until the new process polls `queue` (its identity carries its PID)."""
+
+        async def polling() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args} exited with {process.returncode}")
+            return any(f"pid {process.pid}" in i for i in await self.pollers(queue, kind))
+
+        await wait_for(polling, timeout=60, what=f"pid {process.pid} polling {queue}")
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        stop_process(process)
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """kill -9 of one process we started (not its group: its task stays orphaned)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+        stop_process(self.server)
+
+    # --- Stageflow releases --------------------------------------------------------
+
+    def write_pipeline(self, name: str, text: str) -> Path:
+        path = self.root / "pipelines" / f"{name}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    async def create(self, pipeline: Path, user: str = "bench") -> ReleaseRef:
+        created = await create_release(self.client, pipeline, user=user, task_queue=self.task_queue)
+        return ReleaseRef(created.workflow_id.split("/")[1], created.number)

@@ -1,0 +1,1 @@
+"""webapp: a tiny WSGI app that Stageflow's example pipeline deploys."""
