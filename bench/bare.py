@@ -31,6 +31,9 @@ class BareReleaseInput:
     stages: int = 3
     tasks_per_stage: int = 1
     command: list[str] = field(default_factory=lambda: list(NOOP_COMMAND))
+    # None: the activities run on the workflow's own worker (the SDK starts them eagerly,
+    # in the reply to the workflow task); a queue name: on another worker, like an agent.
+    activity_queue: str | None = None
 
 
 @dataclass
@@ -38,6 +41,7 @@ class BareStageInput:
     stage: int
     tasks: int
     command: list[str]
+    activity_queue: str | None = None
 
 
 @dataclass
@@ -91,6 +95,7 @@ class BareStage:
             await workflow.execute_activity(
                 "bare_task",
                 input.command,
+                task_queue=input.activity_queue,
                 start_to_close_timeout=timedelta(minutes=5),
                 retry_policy=NO_RETRY,
             )
@@ -105,7 +110,12 @@ class BareRelease:
         for stage in range(1, input.stages + 1):
             await workflow.execute_child_workflow(
                 BareStage.run,
-                BareStageInput(stage=stage, tasks=input.tasks_per_stage, command=input.command),
+                BareStageInput(
+                    stage=stage,
+                    tasks=input.tasks_per_stage,
+                    command=input.command,
+                    activity_queue=input.activity_queue,
+                ),
                 id=f"{workflow.info().workflow_id}/stage-{stage}",
             )
 

@@ -27,7 +27,13 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from starter.releases import ReleaseRef, create_release
-from worker.devserver import free_port, start_dev_server, stop_process, wait_for_server
+from worker.devserver import (
+    dev_server_command,
+    free_port,
+    start_dev_server,
+    stop_process,
+    wait_for_server,
+)
 from workflows.names import pool_queue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +92,51 @@ async def wait_for_children(
     return await asyncio.wait_for(follow(), timeout)
 
 
+def spawn_python(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`python ARGV` from the repository root in its own process group; output to a file."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **env}
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def start_server_with_pragmas(
+    data_dir: Path, port: int, pragmas: list[str]
+) -> subprocess.Popen[bytes]:
+    """Stageflow's dev server command with other `--sqlite-pragma` values."""
+    command = dev_server_command(data_dir, port, headless=True)
+    kept: list[str] = []
+    skip = False
+    for arg in command:
+        if skip:
+            skip = False
+        elif arg == "--sqlite-pragma":
+            skip = True
+        else:
+            kept.append(arg)
+    for pragma in pragmas:
+        kept += ["--sqlite-pragma", pragma]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "temporal.log", "ab") as log:
+        return subprocess.Popen(
+            kept,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @dataclass
 class World:
     """One benchmark run's server and processes."""
@@ -107,6 +158,10 @@ class World:
         return f"bench-bare-{self.suffix}"
 
     @property
+    def bare_remote_queue(self) -> str:
+        return f"bench-bare-remote-{self.suffix}"
+
+    @property
     def data_dir(self) -> Path:
         return self.root / "data"
 
@@ -114,11 +169,15 @@ class World:
         return f"bench-{name}-{self.suffix}"
 
     @classmethod
-    async def start(cls, root: Path) -> World:
-        """Start the dev server with Stageflow's settings (SQLite, WAL, synchronous=full)."""
+    async def start(cls, root: Path, pragmas: list[str] | None = None) -> World:
+        """Start the dev server as `stageflow server` does (SQLite, WAL, synchronous=full),
+        or with other SQLite pragmas, to compare settings."""
         port = free_port()
         started = time.monotonic()
-        server = start_dev_server(root / "temporal", port, headless=True)
+        if pragmas is None:
+            server = start_dev_server(root / "temporal", port, headless=True)
+        else:
+            server = start_server_with_pragmas(root / "temporal", port, pragmas)
         address = f"127.0.0.1:{port}"
         try:
             await wait_for_server(address, timeout=60)
@@ -148,19 +207,7 @@ class World:
 
     def spawn(self, argv: list[str], log_name: str, **env: str) -> subprocess.Popen[bytes]:
         """Start `python ARGV` in its own process group, output to `<root>/<log_name>.log`."""
-        log = open(self.root / f"{log_name}.log", "ab")
-        try:
-            process = subprocess.Popen(
-                [sys.executable, *argv],
-                cwd=ROOT,
-                env=self.env(**env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        process = spawn_python(argv, self.root / f"{log_name}.log", self.env(**env))
         self.processes.append(process)
         return process
 

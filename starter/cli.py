@@ -229,7 +229,8 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     )
     stop = _stop_on_signals()
     print(f"control worker polling {settings.task_queue!r} at {settings.address}", flush=True)
-    await run_control_worker(client, stop, settings.task_queue)
+    print(settings.mail_destination(), flush=True)
+    await run_control_worker(client, settings, stop)
     return EXIT_OK
 
 

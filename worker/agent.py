@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
+from activities.gate_checks import run_check
 from activities.logs import DirectoryLogStore
 from worker.settings import Settings
 from workflows.names import agent_queue, pool_queue
@@ -62,7 +63,7 @@ async def run_agent(
     pool_worker = Worker(
         client,
         task_queue=pool_queue(options.pool),
-        activities=[activities.lease_agent],
+        activities=[activities.lease_agent, run_check],
         max_concurrent_activities=options.capacity,
         identity=f"{agent_id} pid {os.getpid()}@{socket.gethostname()} pool {options.pool}",
     )

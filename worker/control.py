@@ -8,6 +8,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.calendar import plan_start
+from activities.gate_checks import check_http
+from activities.notify import Notifier
+from worker.settings import Settings
 from workflows.names import CONTROL_TASK_QUEUE
 from workflows.pipeline_workflow import PipelineWorkflow
 from workflows.release_workflow import ReleaseWorkflow
@@ -23,20 +27,27 @@ SANDBOX = SandboxedWorkflowRunner(
 )
 
 
-def control_worker(client: Client, task_queue: str = CONTROL_TASK_QUEUE) -> Worker:
+def control_worker(
+    client: Client,
+    settings: Settings,
+    task_queue: str = CONTROL_TASK_QUEUE,
+    web_ui: str | None = None,
+) -> Worker:
+    """Every workflow, and the control activities: start planning, mail, HTTP gate checks."""
+    notifier = Notifier(settings.smtp, settings.outbox_dir, web_ui=web_ui)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=[],
+        activities=[plan_start, notifier.send_notification, check_http],
         workflow_runner=SANDBOX,
         max_concurrent_workflow_tasks=100,
     )
 
 
 async def run_control_worker(
-    client: Client, stop: asyncio.Event, task_queue: str = CONTROL_TASK_QUEUE
+    client: Client, settings: Settings, stop: asyncio.Event, web_ui: str | None = None
 ) -> None:
     """Run until `stop` is set; running workflows simply continue on another worker."""
-    async with control_worker(client, task_queue):
+    async with control_worker(client, settings, settings.task_queue, web_ui):
         await stop.wait()

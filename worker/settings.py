@@ -93,6 +93,15 @@ class Settings:
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    def mail_destination(self) -> str:
+        """One line saying where mail goes, for `stageflow up` and `stageflow worker`."""
+        if self.smtp.host:
+            return f"mail: through {self.smtp.host}:{self.smtp.port} ({self.smtp.security})"
+        return (
+            "mail: no SMTP host configured (STAGEFLOW_SMTP_HOST), "
+            f"mails are written to {self.outbox_dir}"
+        )
+
     @property
     def outbox_dir(self) -> Path:
         """Mails land here as .eml files when no SMTP host is configured."""

@@ -29,10 +29,15 @@ async def run_stack(settings: Settings, port: int, *, headless: bool, pool: str)
             loop.add_signal_handler(sig, stop.set)
         options = AgentOptions.build(settings, pool, "local-agent", 1, None)
         tasks = [
-            asyncio.create_task(run_control_worker(client, stop, settings.task_queue)),
+            asyncio.create_task(
+                run_control_worker(
+                    client, settings, stop, None if headless else f"http://127.0.0.1:{port + 1000}"
+                )
+            ),
             asyncio.create_task(run_agent(client, settings, options, stop)),
         ]
         print(f"Stageflow is up: Temporal at {settings.address}, data in {settings.data_dir}")
+        print(settings.mail_destination())
         if not headless:
             print(f"Web UI:  http://127.0.0.1:{port + 1000}")
         print(

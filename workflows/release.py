@@ -10,6 +10,8 @@ from enum import StrEnum
 
 from pydantic import Field
 
+from workflows.approval_policy import ApprovalState
+from workflows.gates import GateState
 from workflows.pipeline import Model, Pipeline, SecretRef, Stage, VariableValue
 
 
@@ -24,6 +26,12 @@ class StageStatus(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     SKIPPED = "skipped"
+    WAITING_FOR_APPROVAL = "waiting_for_approval"
+    DEFERRED = "deferred"
+    EVALUATING_GATES = "evaluating_gates"
+    SCHEDULED = "scheduled"
+    WAITING_FOR_INTERVENTION = "waiting_for_intervention"
+    REJECTED = "rejected"
 
     @property
     def is_final(self) -> bool:
@@ -37,7 +45,13 @@ FINAL_STATUSES = frozenset(
         StageStatus.FAILED,
         StageStatus.CANCELED,
         StageStatus.SKIPPED,
+        StageStatus.REJECTED,
     }
+)
+
+# Statuses in which a deployment waits on a person.
+WAITING_ON_PEOPLE = frozenset(
+    {StageStatus.WAITING_FOR_APPROVAL, StageStatus.WAITING_FOR_INTERVENTION, StageStatus.DEFERRED}
 )
 
 
@@ -100,6 +114,18 @@ def split_secrets(
     return plain, secrets
 
 
+class AuditEvent(Model):
+    """One line of a release's audit trail: who did what, when, with what outcome."""
+
+    time: datetime
+    actor: str
+    action: str
+    stage: str | None = None
+    outcome: str = "accepted"
+    detail: str = ""
+    request_id: str | None = None
+
+
 class TaskRun(Model):
     """One task of one job in one deployment, as it ran (or did not)."""
 
@@ -140,6 +166,16 @@ class StageAttempt(Model):
     tasks: list[TaskRun] = []
     agents: list[AgentSession] = []
     message: str = ""
+    approvals: list[ApprovalState] = []
+    gates: list[GateState] = []
+    waiting_until: datetime | None = Field(
+        None, description="when a schedule, freeze or deferral wait ends"
+    )
+    waiting_reason: str = ""
+    events: list[AuditEvent] = Field([], description="decisions made on this deployment")
+
+    def approval(self, phase: str) -> ApprovalState | None:
+        return next((a for a in self.approvals if a.phase == phase), None)
 
 
 class StageView(Model):
@@ -151,18 +187,6 @@ class StageView(Model):
     @property
     def latest(self) -> StageAttempt | None:
         return self.attempts[-1] if self.attempts else None
-
-
-class AuditEvent(Model):
-    """One line of a release's audit trail: who did what, when, with what outcome."""
-
-    time: datetime
-    actor: str
-    action: str
-    stage: str | None = None
-    outcome: str = "accepted"
-    detail: str = ""
-    request_id: str | None = None
 
 
 class ReleaseStatus(Model):
@@ -192,10 +216,14 @@ def release_status_of(stages: list[StageView], state: str) -> str:
     if state != "active":
         return state
     statuses = [stage.status for stage in stages]
-    if any(s in (StageStatus.IN_PROGRESS, StageStatus.QUEUED) for s in statuses):
+    if any(s in WAITING_ON_PEOPLE for s in statuses):
+        return "waiting"
+    if any(not s.is_final and s != StageStatus.NOT_DEPLOYED for s in statuses):
         return "in_progress"
     if any(s == StageStatus.FAILED for s in statuses):
         return "failed"
+    if any(s == StageStatus.REJECTED for s in statuses):
+        return "rejected"
     if any(s == StageStatus.CANCELED for s in statuses):
         return "canceled"
     if any(s == StageStatus.PARTIALLY_SUCCEEDED for s in statuses):
@@ -229,3 +257,19 @@ class CancelRequest(Model):
 
     by: str
     reason: str = ""
+
+
+class GateIgnore(Model):
+    """`ignore_gate` signal: an approver lets one gate check count as healthy."""
+
+    check: str
+    by: str
+    phase: str = "pre"
+    request_id: str | None = None
+
+
+class DeployNow(Model):
+    """`deploy_now` signal: an approver ends a deferral early."""
+
+    by: str
+    request_id: str | None = None

@@ -37,7 +37,12 @@ with workflow.unsafe.imports_passed_through():
         release_status_of,
     )
     from workflows.stage_dag import stages_to_trigger
-    from workflows.stage_workflow import StageInput, StageWorkflow, stage_search_attributes
+    from workflows.stage_workflow import (
+        StageInput,
+        StageWorkflow,
+        notify_mail,
+        stage_search_attributes,
+    )
 
 
 class ReleaseState(Model):
@@ -226,7 +231,12 @@ class ReleaseWorkflow:
             handle = await workflow.start_child_workflow(
                 StageWorkflow.run,
                 StageInput(
-                    spec=self._spec, stage=stage, attempt=attempt, triggered_by=by, reason=reason
+                    spec=self._spec,
+                    stage=stage,
+                    attempt=attempt,
+                    triggered_by=by,
+                    reason=reason,
+                    approved_upstream=self._approvers_upstream_of(stage),
                 ),
                 id=workflow_id,
                 task_queue=workflow.info().task_queue,
@@ -263,6 +273,7 @@ class ReleaseWorkflow:
         for name in self._triggered(finished=stage):
             self._start_stage(name, by, f"after {stage}")
         self._update_status_attribute()
+        self._notify_outcome(stage, result)
 
     async def _do_abandon(self, request: AbandonRequest) -> None:
         self._record(request.by, "abandon", detail=request.reason, request_id=request.request_id)
@@ -279,6 +290,35 @@ class ReleaseWorkflow:
         await workflow.wait_condition(lambda: not self._tasks)
 
     # --- helpers --------------------------------------------------------------------
+
+    def _approvers_upstream_of(self, stage: str) -> list[str]:
+        """Who approved the pre-deployment of the stages this one triggers after."""
+        users: list[str] = []
+        for upstream in self._spec.pipeline.stage(stage).upstream:
+            latest = self._view(upstream).latest
+            approval = latest.approval("pre") if latest else None
+            for decision in approval.decisions if approval else []:
+                if decision.action == "approve" and decision.outcome == "accepted":
+                    users.append(decision.by)
+        return users
+
+    def _notify_outcome(self, stage: str, result: StageAttempt) -> None:
+        """Mail the stage's `notify` subscribers about the outcome, in the background."""
+        notify = self._spec.pipeline.stage(stage).notify
+        if notify is None or result.status.value not in notify.on:
+            return
+        users = []
+        for entry in notify.to:
+            users += [u for u in self._spec.pipeline.members(entry) if u not in users]
+        notify_mail(
+            self._spec,
+            stage,
+            result.attempt,
+            "outcome",
+            users,
+            status=result.status.value,
+            message=result.message,
+        )
 
     def _triggered(self, finished: str | None) -> list[str]:
         triggers: dict[str, str | list[str]] = {}
