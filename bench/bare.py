@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
@@ -159,4 +161,4 @@ class BareFailover:
 
 
 WORKFLOWS = [BareRelease, BareStage, BareApproval, BareFailover]
-ACTIVITIES = [bare_task, bare_hold]
+ACTIVITIES: list[Callable[..., Any]] = [bare_task, bare_hold]

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,18 @@ from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.service import RPCError, RPCStatusCode
 
+from starter.artifacts import resolve_artifacts
+from starter.pipeline_loader import load_pipeline
 from starter.releases import ReleaseRef, create_release
 from worker.devserver import (
     dev_server_command,
@@ -34,7 +44,8 @@ from worker.devserver import (
     stop_process,
     wait_for_server,
 )
-from workflows.names import pool_queue
+from workflows.names import pipeline_workflow_id, pool_queue
+from workflows.pipeline_workflow import NewRelease, PipelineState, PipelineWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -92,6 +103,16 @@ async def wait_for_children(
     return await asyncio.wait_for(follow(), timeout)
 
 
+def quiet_runtime() -> Runtime:
+    """A client runtime that logs errors only: the throughput burst makes the SDK warn on
+    every retried update, and the benchmark counts those itself."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+        )
+    )
+
+
 def spawn_python(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """`python ARGV` from the repository root in its own process group; output to a file."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **env}
@@ -111,21 +132,24 @@ def spawn_python(argv: list[str], log_path: Path, env: dict[str, str]) -> subpro
 
 
 def start_server_with_pragmas(
-    data_dir: Path, port: int, pragmas: list[str]
+    data_dir: Path, port: int, pragmas: list[str] | None, dynamic_config: list[str]
 ) -> subprocess.Popen[bytes]:
-    """Stageflow's dev server command with other `--sqlite-pragma` values."""
+    """Stageflow's dev server command with other `--sqlite-pragma` values (None: the same)
+    and `--dynamic-config-value KEY=VALUE` settings."""
     command = dev_server_command(data_dir, port, headless=True)
     kept: list[str] = []
     skip = False
     for arg in command:
         if skip:
             skip = False
-        elif arg == "--sqlite-pragma":
+        elif arg == "--sqlite-pragma" and pragmas is not None:
             skip = True
         else:
             kept.append(arg)
-    for pragma in pragmas:
+    for pragma in pragmas or []:
         kept += ["--sqlite-pragma", pragma]
+    for setting in dynamic_config:
+        kept += ["--dynamic-config-value", setting]
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / "temporal.log", "ab") as log:
         return subprocess.Popen(
@@ -148,6 +172,7 @@ class World:
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     server_seconds: float = 0.0
+    retries: Counter[str] = field(default_factory=Counter)  # by create_persistently
 
     @property
     def task_queue(self) -> str:
@@ -169,19 +194,25 @@ class World:
         return f"bench-{name}-{self.suffix}"
 
     @classmethod
-    async def start(cls, root: Path, pragmas: list[str] | None = None) -> World:
+    async def start(
+        cls, root: Path, pragmas: list[str] | None = None, dynamic_config: list[str] | None = None
+    ) -> World:
         """Start the dev server as `stageflow server` does (SQLite, WAL, synchronous=full),
         or with other SQLite pragmas, to compare settings."""
         port = free_port()
         started = time.monotonic()
-        if pragmas is None:
+        if pragmas is None and not dynamic_config:
             server = start_dev_server(root / "temporal", port, headless=True)
         else:
-            server = start_server_with_pragmas(root / "temporal", port, pragmas)
+            server = start_server_with_pragmas(
+                root / "temporal", port, pragmas, dynamic_config or []
+            )
         address = f"127.0.0.1:{port}"
         try:
             await wait_for_server(address, timeout=60)
-            client = await Client.connect(address, data_converter=pydantic_data_converter)
+            client = await Client.connect(
+                address, data_converter=pydantic_data_converter, runtime=quiet_runtime()
+            )
         except BaseException:
             stop_process(server)
             raise
@@ -264,7 +295,7 @@ class World:
 
         async def polling() -> bool:
             if process.poll() is not None:
-                raise RuntimeError(f"{process.args} exited with {process.returncode}")
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
             return any(f"pid {process.pid}" in i for i in await self.pollers(queue, kind))
 
         await wait_for(polling, timeout=60, what=f"pid {process.pid} polling {queue}")
@@ -292,5 +323,42 @@ class World:
         return path
 
     async def create(self, pipeline: Path, user: str = "bench") -> ReleaseRef:
+        """A release, created as `stageflow release create` does."""
         created = await create_release(self.client, pipeline, user=user, task_queue=self.task_queue)
         return ReleaseRef(created.workflow_id.split("/")[1], created.number)
+
+    async def create_persistently(self, pipeline: Path, user: str = "bench") -> ReleaseRef:
+        """What `create_release` sends, sent again (same request id, so at most one
+        release) while the server refuses it — too many in-flight updates on the pipeline
+        workflow — or the update outlasts the RPC. Each retry is counted in `retries`."""
+        definition, revision = load_pipeline(pipeline)
+        request = NewRelease(
+            pipeline=definition,
+            revision=revision,
+            artifacts=resolve_artifacts(definition.artifacts, pipeline.resolve(), {}),
+            created_by=user,
+            request_id=uuid.uuid4().hex,
+        )
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                created = await self.client.execute_update_with_start_workflow(
+                    PipelineWorkflow.create_release,
+                    request,
+                    start_workflow_operation=WithStartWorkflowOperation(
+                        PipelineWorkflow.run,
+                        PipelineState(name=definition.name),
+                        id=pipeline_workflow_id(definition.name),
+                        task_queue=self.task_queue,
+                        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    ),
+                )
+                return ReleaseRef(created.workflow_id.split("/")[1], created.number)
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+                retryable = isinstance(err, WorkflowUpdateRPCTimeoutOrCancelledError) or (
+                    err.status in (RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE)
+                )
+                if not retryable or time.monotonic() > deadline:
+                    raise
+                self.retries[type(err).__name__ + ": " + str(err)[:80]] += 1
+                await asyncio.sleep(0.1)

@@ -91,6 +91,38 @@ def build_parser() -> argparse.ArgumentParser:
         action = command(name, help)
         action.add_argument("release", metavar="PIPELINE/NUMBER")
         action.add_argument("stage")
+        if name == "deploy":
+            action.add_argument(
+                "--now", action="store_true", help="end an approver's deferral of this stage"
+            )
+    approve = command("approve", "approve a pending approval (or all of yours)")
+    approve.add_argument("release", metavar="PIPELINE/NUMBER", nargs="?")
+    approve.add_argument("stage", nargs="?")
+    approve.add_argument("--post", action="store_true", help="the post-deployment approval")
+    approve.add_argument("--comment", default="")
+    approve.add_argument(
+        "--defer-until", metavar="TIME", help="deploy at TIME (ISO, UTC unless given; or +2h)"
+    )
+    approve.add_argument(
+        "--all-mine", action="store_true", help="approve everything waiting on you"
+    )
+    reject = command("reject", "reject a pending approval or manual intervention")
+    reject.add_argument("release", metavar="PIPELINE/NUMBER")
+    reject.add_argument("stage")
+    reject.add_argument("--post", action="store_true")
+    reject.add_argument("--comment", required=True, help="why (recorded in the history)")
+    resume = command("resume", "go on after a manual intervention")
+    resume.add_argument("release", metavar="PIPELINE/NUMBER")
+    resume.add_argument("stage")
+    resume.add_argument("--comment", default="")
+    approvals = command("approvals", "everything waiting on a person, across releases")
+    approvals.add_argument("--mine", action="store_true", help="only what you can decide")
+    gates = command("gates", "gate evaluations of a deployment; --ignore skips one check")
+    gates.add_argument("release", metavar="PIPELINE/NUMBER")
+    gates.add_argument("stage")
+    gates.add_argument("--post", action="store_true")
+    gates.add_argument("--ignore", metavar="CHECK")
+
     abandon = command("abandon", "abandon a release: nothing more deploys")
     abandon.add_argument("release", metavar="PIPELINE/NUMBER")
     abandon.add_argument("--reason", default="")
@@ -205,6 +237,25 @@ async def cmd_release_action(args: argparse.Namespace, settings: Settings) -> in
     return await handler(client, settings, args, ref)
 
 
+async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    from starter import commands
+
+    if args.all_mine:
+        if args.release or args.stage:
+            raise UserError("--all-mine approves everything waiting on you: give no release")
+        return await commands.approve_all_mine(await _client(settings), settings, args)
+    if not (args.release and args.stage):
+        raise UserError("approve needs PIPELINE/NUMBER STAGE (or --all-mine)")
+    ref = _ref(args.release)
+    return await commands.approve(await _client(settings), settings, args, ref)
+
+
+async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
+    from starter import commands
+
+    return await commands.approvals(await _client(settings), settings, args)
+
+
 def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     from worker.devserver import start_dev_server, stop_process
 
@@ -299,6 +350,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "abandon": cmd_release_action,
         "logs": cmd_release_action,
         "history": cmd_release_action,
+        "reject": cmd_release_action,
+        "resume": cmd_release_action,
+        "gates": cmd_release_action,
+        "approve": cmd_approve,
+        "approvals": cmd_approvals,
         "worker": cmd_worker,
         "agent": cmd_agent,
         "up": cmd_up,

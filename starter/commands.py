@@ -7,10 +7,12 @@ import asyncio
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Group
 from rich.live import Live
+from rich.table import Table
 from rich.text import Text
 from temporalio.client import Client
 
@@ -21,18 +23,23 @@ from starter.releases import (
     abandon_release,
     cancel_stage,
     create_release,
+    decide,
     find_outcome,
+    ignore_gate,
+    latest_attempt,
     parse_vars,
     release_history,
     release_status,
     request_deploy,
     settled,
+    waiting_on_people,
 )
 from worker.settings import Settings
-from workflows.release import ReleaseStatus, StageStatus
+from workflows.pipeline import parse_duration
+from workflows.release import AuditEvent, ReleaseStatus, StageStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-FAILED_STATUSES = {StageStatus.FAILED, StageStatus.CANCELED}
+FAILED_STATUSES = {StageStatus.FAILED, StageStatus.CANCELED, StageStatus.REJECTED}
 POLL = 0.3
 
 
@@ -226,3 +233,163 @@ async def logs(
 
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+# --- people's decisions ------------------------------------------------------------------
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """`2026-12-01T03:00` (UTC unless an offset is given), `2026-12-01 03:00+01:00`, or `+2h`."""
+    if text.startswith("+"):
+        return (now or datetime.now(UTC)) + parse_duration(text[1:])
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise ValueError(
+            f"--defer-until {text!r}: use an ISO time like 2026-12-01T03:00 (UTC) or +2h"
+        ) from err
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _verdict(ref: ReleaseRef, what: str, event: AuditEvent | None, as_json: bool) -> int:
+    if event is None:
+        print(f"{what}: sent to {ref}; the deployment has not answered yet")
+        return EXIT_OK
+    if as_json:
+        print(event.model_dump_json())
+    elif event.outcome == "accepted":
+        print(f"{ref}: {what} accepted" + (f" ({event.detail})" if event.detail else ""))
+    else:
+        print(f"error: {ref}: {what} refused: {event.detail}", file=sys.stderr)
+    return EXIT_OK if event.outcome == "accepted" else EXIT_USAGE
+
+
+async def approve(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    defer = parse_time(args.defer_until) if args.defer_until else None
+    phase = "post" if args.post else "pre"
+    event = await decide(
+        client,
+        ref,
+        args.stage,
+        settings.user,
+        "approve",
+        phase=phase,
+        comment=args.comment,
+        defer_until=defer,
+    )
+    return _verdict(ref, f"approve {args.stage} ({phase}-deployment)", event, args.json)
+
+
+async def approve_all_mine(client: Client, settings: Settings, args: argparse.Namespace) -> int:
+    waiting = [w for w in await waiting_on_people(client, settings.user) if w.kind == "approval"]
+    if not waiting:
+        print(f"nothing is waiting on {settings.user}")
+        return EXIT_OK
+    worst = EXIT_OK
+    for item in waiting:
+        event = await decide(
+            client,
+            item.ref,
+            item.stage,
+            settings.user,
+            "approve",
+            phase=item.phase,
+            comment=args.comment,
+        )
+        code = _verdict(
+            item.ref, f"approve {item.stage} ({item.phase}-deployment)", event, args.json
+        )
+        worst = max(worst, code)
+    return worst
+
+
+async def reject(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    phase = "post" if args.post else "pre"
+    event = await decide(
+        client, ref, args.stage, settings.user, "reject", phase=phase, comment=args.comment
+    )
+    return _verdict(ref, f"reject {args.stage}", event, args.json)
+
+
+async def resume(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    event = await decide(client, ref, args.stage, settings.user, "resume", comment=args.comment)
+    return _verdict(ref, f"resume {args.stage}", event, args.json)
+
+
+async def approvals(client: Client, settings: Settings, args: argparse.Namespace) -> int:
+    waiting = await waiting_on_people(client, settings.user if args.mine else None)
+    rows = [
+        {
+            "release": str(w.ref),
+            "name": w.release,
+            "stage": w.stage,
+            "attempt": w.attempt.attempt,
+            "waiting_for": w.kind if w.kind != "approval" else f"{w.phase}-deployment approval",
+            "approvers": w.approvers,
+            "deadline": w.deadline.isoformat() if w.deadline else None,
+            "status": w.attempt.status.value,
+        }
+        for w in waiting
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    if not rows:
+        print("nothing is waiting" + (f" on {settings.user}" if args.mine else ""))
+        return EXIT_OK
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("release", "stage", "waiting for", "approvers", "deadline (UTC)"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            f"{row['release']} ({row['name']})",
+            row["stage"],
+            row["waiting_for"],
+            ", ".join(row["approvers"]) or "anyone",
+            (row["deadline"] or "-")[:16].replace("T", " "),
+        )
+    render.console().print(table)
+    return EXIT_OK
+
+
+async def gates(
+    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
+) -> int:
+    phase = "post" if args.post else "pre"
+    if args.ignore:
+        event = await ignore_gate(client, ref, args.stage, settings.user, args.ignore, phase)
+        return _verdict(ref, f"ignore gate check {args.ignore!r}", event, args.json)
+    attempt = await latest_attempt(client, ref, args.stage)
+    states = [g for g in attempt.gates if g.phase == phase]
+    if args.json:
+        print(json.dumps([g.model_dump(mode="json") for g in states]))
+        return EXIT_OK
+    if not states:
+        print(
+            f"{ref} {args.stage}: no {phase}-deployment gates evaluated (attempt {attempt.attempt})"
+        )
+        return EXIT_OK
+    for state in states:
+        print(
+            f"{phase}-deployment gates: {state.status}, deadline {render.when(state.deadline)} UTC"
+            + (f", ignored: {', '.join(state.ignored)}" if state.ignored else "")
+        )
+        table = Table(show_edge=False, header_style="bold")
+        for column in ("time (UTC)", "check", "healthy", "reason"):
+            table.add_column(column)
+        for evaluation in state.evaluations:
+            for result in evaluation.results:
+                table.add_row(
+                    render.when(evaluation.time),
+                    result.check,
+                    "ignored" if result.ignored else ("yes" if result.healthy else "no"),
+                    result.reason,
+                )
+        render.console().print(table)
+    return EXIT_OK

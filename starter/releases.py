@@ -5,9 +5,13 @@ Each takes a connected client and returns models; the CLI only parses and render
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
@@ -15,6 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from starter.artifacts import resolve_artifacts
 from starter.pipeline_loader import load_pipeline
+from workflows.approval_policy import Decision
 from workflows.names import (
     CONTROL_TASK_QUEUE,
     pipeline_workflow_id,
@@ -27,10 +32,14 @@ from workflows.pipeline_workflow import (
     PipelineWorkflow,
 )
 from workflows.release import (
+    WAITING_ON_PEOPLE,
     AbandonRequest,
     AuditEvent,
     CancelRequest,
+    DeployNow,
     DeployRequest,
+    GateIgnore,
+    ReleaseSpec,
     ReleaseStatus,
     StageAttempt,
     StageStatus,
@@ -165,8 +174,13 @@ async def stage_progress(client: Client, workflow_id: str) -> StageAttempt | Non
 
 
 async def release_history(client: Client, ref: ReleaseRef) -> list[AuditEvent]:
-    await release_status(client, ref, live=False)  # a clear error for an unknown release
-    return await release_handle(client, ref).query(ReleaseWorkflow.history)
+    """The release's own events and every deployment's decisions, in time order."""
+    status = await release_status(client, ref)  # a clear error for an unknown release
+    events = list(await release_handle(client, ref).query(ReleaseWorkflow.history))
+    for view in status.stages:
+        for attempt in view.attempts:
+            events += attempt.events
+    return sorted(events, key=lambda event: event.time)
 
 
 async def request_deploy(
@@ -219,3 +233,180 @@ def settled(status: ReleaseStatus, stages: list[str] | None = None) -> bool:
     """True when no stage (of those named) is queued or in progress."""
     views = [v for v in status.stages if stages is None or v.name in stages]
     return all(v.status in (StageStatus.NOT_DEPLOYED,) or v.status.is_final for v in views)
+
+
+# --- people's decisions on a deployment -------------------------------------------------
+
+
+async def latest_attempt(client: Client, ref: ReleaseRef, stage: str) -> StageAttempt:
+    """The stage's latest deployment, live; StageNotFound if none or no such stage."""
+    status = await release_status(client, ref)
+    try:
+        view = status.stage(stage)
+    except KeyError as err:
+        names = ", ".join(v.name for v in status.stages)
+        raise StageNotFound(f"release {ref} has no stage {stage!r} (stages: {names})") from err
+    if view.latest is None:
+        raise StageNotFound(f"stage {stage!r} of {ref} has not been deployed")
+    return view.latest
+
+
+async def signal_stage(
+    client: Client, attempt: StageAttempt, signal: str, payload: Any, request_id: str
+) -> AuditEvent | None:
+    """Signal a deployment and read back its verdict (accepted or refused, and why)."""
+    handle = client.get_workflow_handle_for(StageWorkflow.run, attempt.workflow_id)
+    await handle.signal(signal, payload)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        progress = await stage_progress(client, attempt.workflow_id)
+        if progress is None:
+            break
+        for event in progress.events:
+            if event.request_id == request_id:
+                return event
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def decide(
+    client: Client,
+    ref: ReleaseRef,
+    stage: str,
+    user: str,
+    action: str,
+    *,
+    phase: str = "pre",
+    comment: str = "",
+    defer_until: datetime | None = None,
+) -> AuditEvent | None:
+    """approve / reject / resume a deployment of a stage; returns the recorded verdict."""
+    attempt = await latest_attempt(client, ref, stage)
+    if attempt.status.is_final:
+        raise StageNotFound(
+            f"stage {stage!r} of {ref} is {attempt.status.value} (attempt {attempt.attempt}): "
+            "nothing to decide"
+        )
+    request_id = uuid.uuid4().hex
+    decision = Decision(
+        by=user, phase=phase, comment=comment, defer_until=defer_until, request_id=request_id
+    )
+    return await signal_stage(client, attempt, action, decision, request_id)
+
+
+async def deploy_now(client: Client, ref: ReleaseRef, stage: str, user: str) -> AuditEvent | None:
+    attempt = await latest_attempt(client, ref, stage)
+    request_id = uuid.uuid4().hex
+    return await signal_stage(
+        client, attempt, "deploy_now", DeployNow(by=user, request_id=request_id), request_id
+    )
+
+
+async def ignore_gate(
+    client: Client, ref: ReleaseRef, stage: str, user: str, check: str, phase: str = "pre"
+) -> AuditEvent | None:
+    attempt = await latest_attempt(client, ref, stage)
+    request_id = uuid.uuid4().hex
+    request = GateIgnore(check=check, by=user, phase=phase, request_id=request_id)
+    return await signal_stage(client, attempt, "ignore_gate", request, request_id)
+
+
+@dataclass
+class Waiting:
+    """One deployment waiting on a person."""
+
+    ref: ReleaseRef
+    release: str
+    stage: str
+    attempt: StageAttempt
+    kind: str  # approval (pre/post) or intervention
+    phase: str
+    approvers: list[str]
+    users: list[str]  # who may act, groups expanded
+    deadline: datetime | None
+
+
+async def waiting_on_people(client: Client, user: str | None = None) -> list[Waiting]:
+    """Everything waiting on a person across releases, from StageflowStatus in visibility."""
+    statuses = ", ".join(f"'{s.value}'" for s in WAITING_ON_PEOPLE)
+    query = f"WorkflowType = 'StageWorkflow' AND StageflowStatus IN ({statuses})"
+    specs: dict[str, ReleaseSpec] = {}
+    found = []
+    async for execution in client.list_workflows(query):
+        parts = execution.id.split("/")
+        if len(parts) != 5 or not parts[2].isdigit():
+            continue
+        ref = ReleaseRef(parts[1], int(parts[2]))
+        progress = await stage_progress(client, execution.id)
+        if progress is None or progress.status not in WAITING_ON_PEOPLE:
+            continue
+        if str(ref) not in specs:
+            specs[str(ref)] = await release_handle(client, ref).query(ReleaseWorkflow.spec)
+        spec = specs[str(ref)]
+        for item in _waits_of(ref, spec, parts[3], progress):
+            if user is None or user in item.users:
+                found.append(item)
+    found.sort(key=lambda w: (str(w.ref), w.stage))
+    return found
+
+
+def _waits_of(
+    ref: ReleaseRef, spec: ReleaseSpec, stage: str, progress: StageAttempt
+) -> list[Waiting]:
+    def users(entries: list[str]) -> list[str]:
+        return [u for entry in entries for u in spec.pipeline.members(entry)]
+
+    waits = []
+    for approval in progress.approvals:
+        if approval.status == "pending":
+            waits.append(
+                Waiting(
+                    ref,
+                    spec.name,
+                    stage,
+                    progress,
+                    "approval",
+                    approval.phase,
+                    approval.waiting_for,
+                    users(approval.waiting_for),
+                    approval.deadline,
+                )
+            )
+    if progress.status == StageStatus.WAITING_FOR_INTERVENTION:
+        task = next((t for t in progress.tasks if t.status == "in_progress"), None)
+        definition = spec.pipeline.stage(stage)
+        entries: list[str] = []
+        for job in definition.all_jobs():
+            for candidate in job.tasks:
+                if task and candidate.name == task.task and candidate.manual_intervention:
+                    entries = candidate.manual_intervention.approvers
+        waits.append(
+            Waiting(
+                ref,
+                spec.name,
+                stage,
+                progress,
+                "intervention",
+                "",
+                entries,
+                users(entries) if entries else [],
+                progress.waiting_until,
+            )
+        )
+    if progress.status == StageStatus.DEFERRED:
+        approval = progress.approval("pre")
+        entries = approval.approvers if approval else []
+        waits.append(
+            Waiting(
+                ref,
+                spec.name,
+                stage,
+                progress,
+                "deferred",
+                "pre",
+                entries,
+                users(entries),
+                progress.waiting_until,
+            )
+        )
+    return waits

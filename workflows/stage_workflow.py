@@ -20,7 +20,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from workflows.agent_api import (
@@ -514,7 +515,7 @@ class StageWorkflow:
                 cause = err.cause
                 reason = (
                     f"no agent of pool {check.script.pool!r} ran the check in time"
-                    if isinstance(cause, TimeoutError) and check.script is not None
+                    if isinstance(cause, ActivityTimeout) and check.script is not None
                     else str(cause.message if isinstance(cause, ApplicationError) else cause or err)
                 )
                 return CheckOutcome(check=check.label, healthy=False, reason=reason)
@@ -598,21 +599,45 @@ class StageWorkflow:
             await self._run_job(job, job_runs)
 
     async def _run_job(self, job: Job, runs: list[TaskRun]) -> None:
-        if not job.needs_agent:
-            self._set_status(StageStatus.IN_PROGRESS)
-            await self._run_tasks(None, self._job_context(job, 1), job, runs)
-            return
+        """Run a job's tasks; a manual intervention splits it into segments.
+
+        The agent is not held while a person decides: the tasks after an
+        intervention lease an agent again (a fresh work dir, artifacts again).
+        """
+        for segment, (on_agent, indexes) in enumerate(task_segments(job.tasks)):
+            if self._job_error:
+                for index in indexes:
+                    runs[index].status = TaskStatus.SKIPPED
+                continue
+            failed = any(task_counts_as_failure(run) for run in runs)
+            if not any(
+                should_run(job.tasks[i].condition, job.tasks[i].enabled, failed, canceled=False)
+                for i in indexes
+            ):
+                for index in indexes:
+                    runs[index].status = TaskStatus.SKIPPED
+                    runs[index].message = f"condition: {job.tasks[index].condition}"
+                continue
+            if on_agent:
+                await self._run_on_agent(job, runs, indexes, segment)
+            else:
+                self._set_status(StageStatus.IN_PROGRESS)
+                await self._run_tasks(None, self._job_context(job, 1), job, runs, indexes)
+
+    async def _run_on_agent(
+        self, job: Job, runs: list[TaskRun], indexes: list[int], segment: int
+    ) -> None:
         tries = 1 + self._stage.agent_lost_retries
         for try_number in range(1, tries + 1):
-            context = self._job_context(job, try_number)
+            context = self._job_context(job, try_number, segment)
             try:
-                lease = await self._lease(job, context)
+                lease = await self._lease(job, context, try_number)
             except AgentLost as lost:
                 self._attempt.message = str(lost)
                 continue
             try:
                 await self._download(lease, context)
-                await self._run_tasks(lease, context, job, runs)
+                await self._run_tasks(lease, context, job, runs, indexes)
                 return
             except ActivityError as err:
                 # Not the task's failure but the job's: e.g. an artifact that cannot be had.
@@ -623,7 +648,8 @@ class StageWorkflow:
                 return
             except AgentLost:
                 lease.session.lost = True
-                for run in runs:
+                for index in indexes:
+                    run = runs[index]
                     run.status, run.tries, run.exit_code, run.message = (
                         TaskStatus.PENDING,
                         0,
@@ -643,7 +669,7 @@ class StageWorkflow:
         self._job_error = f"job {job.name!r}: the agent was lost {tries} times"
         self._attempt.message = self._job_error
 
-    async def _lease(self, job: Job, context: JobContext) -> Lease:
+    async def _lease(self, job: Job, context: JobContext, try_number: int) -> Lease:
         """Hold one agent of the pool for the job; the agent signals where to send steps."""
         assert job.pool is not None, "a job with agent tasks has a pool (validated)"
         handle = workflow.start_activity(
@@ -673,7 +699,7 @@ class StageWorkflow:
             raise AgentLost("the lease ended before the agent took the job")
         session = AgentSession(
             job=job.name,
-            try_number=int(context.lease_id.rsplit("#", 1)[1]),
+            try_number=try_number,
             agent=grant.agent_name,
             leased_at=workflow.now(),
         )
@@ -695,11 +721,17 @@ class StageWorkflow:
         )
 
     async def _run_tasks(
-        self, lease: Lease | None, context: JobContext, job: Job, runs: list[TaskRun]
+        self,
+        lease: Lease | None,
+        context: JobContext,
+        job: Job,
+        runs: list[TaskRun],
+        indexes: list[int],
     ) -> None:
         variables = merged_variables(self._input.spec, self._stage)
         plain, secrets = split_secrets(variables)
-        for index, (task, run) in enumerate(zip(job.tasks, runs, strict=True), start=1):
+        for position in indexes:
+            task, run, index = job.tasks[position], runs[position], position + 1
             job_failed = any(task_counts_as_failure(r) for r in runs)
             if not should_run(task.condition, task.enabled, job_failed, canceled=False):
                 run.status = TaskStatus.SKIPPED
@@ -834,7 +866,7 @@ class StageWorkflow:
         try:
             return handle.result()
         except ActivityError as err:
-            if isinstance(err.cause, TimeoutError) or lease.handle.done():
+            if isinstance(err.cause, ActivityTimeout) or lease.handle.done():
                 raise AgentLost() from err
             raise
 
@@ -956,7 +988,7 @@ class StageWorkflow:
 
     # --- bookkeeping --------------------------------------------------------------
 
-    def _job_context(self, job: Job, try_number: int) -> JobContext:
+    def _job_context(self, job: Job, try_number: int, segment: int = 0) -> JobContext:
         spec = self._input.spec
         return JobContext(
             pipeline=spec.pipeline.name,
@@ -965,7 +997,8 @@ class StageWorkflow:
             stage=self._stage.name,
             attempt=self._input.attempt,
             job=job.name,
-            lease_id=f"{workflow.info().workflow_id}#{job.name}#{try_number}",
+            lease_id=f"{workflow.info().workflow_id}#{job.name}#{try_number}"
+            + (f"@{segment}" if segment else ""),
         )
 
     def _set_status(self, status: StageStatus) -> None:
@@ -973,6 +1006,17 @@ class StageWorkflow:
             return  # the parent started us with this status already
         self._attempt.status = status
         workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
+
+
+def task_segments(tasks: list[Task]) -> list[tuple[bool, list[int]]]:
+    """Split a job's tasks into runs of agent tasks and server tasks (interventions)."""
+    segments: list[tuple[bool, list[int]]] = []
+    for index, task in enumerate(tasks):
+        if segments and segments[-1][0] == task.runs_on_agent:
+            segments[-1][1].append(index)
+        else:
+            segments.append((task.runs_on_agent, [index]))
+    return segments
 
 
 def _utc(moment: datetime) -> str:
