@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -340,6 +341,7 @@ class World:
             request_id=uuid.uuid4().hex,
         )
         deadline = time.monotonic() + 600
+        backoff = 0.2
         while True:
             try:
                 created = await self.client.execute_update_with_start_workflow(
@@ -361,4 +363,5 @@ class World:
                 if not retryable or time.monotonic() > deadline:
                     raise
                 self.retries[type(err).__name__ + ": " + str(err)[:80]] += 1
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 5.0)

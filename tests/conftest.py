@@ -114,8 +114,8 @@ class Stack:
         self.processes.append(process)
         return process
 
-    async def start_worker(self) -> subprocess.Popen[bytes]:
-        process = self.spawn(["worker"], "worker")
+    async def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        process = self.spawn(["worker"], "worker", **env)
         await self.wait_for_poller(process, self.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
         return process
 

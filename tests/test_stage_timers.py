@@ -114,6 +114,17 @@ async def status_is(
     return await wait_for(reached, what=f"status {status.value}")
 
 
+async def finish(handle: WorkflowHandle[StageWorkflow, StageAttempt]) -> StageAttempt:
+    """The result, with time skipping; a stuck deployment fails the test with its state."""
+    try:
+        return await asyncio.wait_for(handle.result(), timeout=90)
+    except TimeoutError:
+        progress = await handle.query(StageWorkflow.progress)
+        raise AssertionError(
+            f"the deployment did not finish: {progress.model_dump_json()}"
+        ) from None
+
+
 ECHO = [{"name": "deploy", "script": "echo deployed at $STAGEFLOW_STAGE"}]
 
 
@@ -126,7 +137,7 @@ async def test_approval_timeout_rejects_and_runs_nothing(world: TimerWorld) -> N
     )
     await status_is(handle, StageStatus.WAITING_FOR_APPROVAL)
     started = await world.now()
-    result = await handle.result()
+    result = await finish(handle)
     assert result.status == StageStatus.REJECTED
     assert result.message == "pre-deployment approval timed out after 3d"
     assert result.tasks[0].status == TaskStatus.SKIPPED
@@ -148,7 +159,7 @@ async def test_deferral_holds_the_deployment_until_the_time_then_deploys(world: 
     assert deferred.waiting_until == defer_until
     # Another approver cannot cut the deferral short by approving again.
     await handle.signal(StageWorkflow.approve, Decision(by="bob"))
-    result = await handle.result()
+    result = await finish(handle)
     assert result.status == StageStatus.SUCCEEDED
     assert result.tasks[0].started_at is not None and result.tasks[0].started_at >= defer_until
     refused = [e for e in result.events if e.actor == "bob"]
@@ -216,7 +227,7 @@ async def test_gates_pass_after_healthy_for_min_success_duration(world: TimerWor
             }
         )
         started = await world.now()
-        result = await handle.result()
+        result = await finish(handle)
     assert result.status == StageStatus.SUCCEEDED
     [state] = result.gates
     assert state.status == "passed"
@@ -239,7 +250,7 @@ async def test_gates_that_never_pass_time_out_and_reject(world: TimerWorld) -> N
                 "pre_deployment": gates(health.url, interval="15m", timeout="1h"),
             }
         )
-        result = await handle.result()
+        result = await finish(handle)
     assert result.status == StageStatus.REJECTED
     assert result.message == "pre-deployment gates timed out after 1h (unhealthy: health)"
     [state] = result.gates
@@ -276,7 +287,7 @@ async def test_schedule_across_a_dst_change_starts_at_local_0300(world: TimerWor
     expected = dst_day + timedelta(hours=1)
     assert scheduled.waiting_until == expected
     assert "Europe/Berlin" in scheduled.waiting_reason
-    result = await handle.result()
+    result = await finish(handle)
     assert result.status == StageStatus.SUCCEEDED
     started = result.tasks[0].started_at
     assert started is not None and expected <= started < expected + timedelta(minutes=5)
@@ -298,7 +309,7 @@ async def test_no_deployment_starts_inside_a_freeze(world: TimerWorld) -> None:
     monday_8 = friday.replace(hour=8) + timedelta(days=3)
     assert frozen.waiting_until == monday_8
     assert "freeze '0 18 * * fri'" in frozen.waiting_reason
-    result = await handle.result()
+    result = await finish(handle)
     started = result.tasks[0].started_at
     assert result.status == StageStatus.SUCCEEDED and started is not None and started >= monday_8
 
@@ -324,7 +335,7 @@ async def test_manual_intervention_timeout_does_what_on_timeout_says(
     )
     waiting = await status_is(handle, StageStatus.WAITING_FOR_INTERVENTION)
     assert waiting.waiting_reason == "Look at the error rate"
-    result = await handle.result()
+    result = await finish(handle)
     intervention, deploy = result.tasks
     if on_timeout == "reject":
         assert result.status == StageStatus.REJECTED
@@ -357,7 +368,7 @@ async def test_resume_signal_continues_a_manual_intervention(world: TimerWorld) 
     await handle.signal(
         StageWorkflow.resume, Decision(by="alice", comment="looks fine", request_id="r2")
     )
-    result = await handle.result()
+    result = await finish(handle)
     assert result.status == StageStatus.SUCCEEDED
     verdicts = {e.request_id: (e.actor, e.outcome) for e in result.events}
     assert verdicts == {"r1": ("mallory", "refused"), "r2": ("alice", "accepted")}

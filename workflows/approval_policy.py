@@ -3,7 +3,8 @@
 An approval lists entries, each a user or `group:NAME` (any member decides for
 the group). Policies: `any` — one approval completes it; `all` — every entry
 approves, in any order; `sequence` — every entry approves, in the listed order.
-One rejection by someone entitled to decide rejects the deployment.
+One rejection by someone entitled to decide rejects the deployment, at any
+time (a rejection does not wait its turn under `sequence`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ class ApprovalPolicy:
         ):
             return False, f"{user} has approved already", None
         open_entries = [i for i in range(len(entries)) if i not in state.done_entries]
+        if not approve:
+            # A "no" need not wait its turn: any approver may stop the deployment.
+            return True, "", mine[0]
         if self.approvals.policy == "sequence":
             turn = open_entries[0]
             if turn not in mine:

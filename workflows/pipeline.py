@@ -440,6 +440,16 @@ NOTIFY_EVENTS = (
 
 
 class Notify(Model):
+    """Who hears about which outcomes of a stage."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads the key `on` as the boolean true.
+        if isinstance(data, dict) and True in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     on: list[
         Literal[
             "waiting_for_approval",
