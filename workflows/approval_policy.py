@@ -69,12 +69,7 @@ class ApprovalPolicy:
 
     def users(self) -> list[str]:
         """Every user who may decide, in the listed order, without repeats."""
-        seen: list[str] = []
-        for entry in self.approvals.approvers:
-            for user in self.pipeline.members(entry):
-                if user not in seen:
-                    seen.append(user)
-        return seen
+        return self.pipeline.people(self.approvals.approvers)
 
     def is_approver(self, user: str) -> bool:
         return user in self.users()

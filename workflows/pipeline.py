@@ -428,7 +428,7 @@ class Freeze(Model):
         return value
 
 
-NOTIFY_EVENTS = (
+NotifyEvent = Literal[
     "waiting_for_approval",
     "waiting_for_intervention",
     "succeeded",
@@ -436,7 +436,7 @@ NOTIFY_EVENTS = (
     "failed",
     "rejected",
     "canceled",
-)
+]
 
 
 class Notify(Model):
@@ -450,17 +450,7 @@ class Notify(Model):
             data = {("on" if key is True else key): value for key, value in data.items()}
         return data
 
-    on: list[
-        Literal[
-            "waiting_for_approval",
-            "waiting_for_intervention",
-            "succeeded",
-            "partially_succeeded",
-            "failed",
-            "rejected",
-            "canceled",
-        ]
-    ] = Field(min_length=1)
+    on: list[NotifyEvent] = Field(min_length=1)
     to: list[str] = Field(min_length=1, description="users, or group:NAME")
 
 
@@ -611,6 +601,13 @@ class Pipeline(Model):
                             + (f" (groups: {', '.join(self.groups)})" if self.groups else "")
                         )
         return self
+
+    def people(self, entries: list[str]) -> list[str]:
+        """The users a list of entries stands for, groups expanded, in order, no repeats."""
+        users: list[str] = []
+        for entry in entries:
+            users += [user for user in self.members(entry) if user not in users]
+        return users
 
     def members(self, entry: str) -> list[str]:
         """The users an approver entry stands for: itself, or a group's members."""

@@ -967,12 +967,7 @@ class StageWorkflow:
     # --- notifications --------------------------------------------------------------
 
     def _people(self, entries: list[str]) -> list[str]:
-        users: list[str] = []
-        for entry in entries:
-            for user in self._input.spec.pipeline.members(entry):
-                if user not in users:
-                    users.append(user)
-        return users
+        return self._input.spec.pipeline.people(entries)
 
     def _notify(
         self,
