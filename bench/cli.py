@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -80,6 +81,8 @@ def sizes_from(args: argparse.Namespace) -> tuple[str, Sizes]:
         changes.update(latency_runs=args.runs, approval_runs=args.runs)
     if args.releases:
         changes["throughput_releases"] = args.releases
+        # A burst finishes at a few releases per second: give every wait time for that.
+        changes["timeout"] = max(sizes.timeout, args.releases * 2.0)
     if args.log_mb:
         changes["log_bytes"] = args.log_mb * MB
     if args.drop_mb:
@@ -105,6 +108,12 @@ async def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown group(s): {', '.join(sorted(unknown))}; use {', '.join(GROUPS)}")
         return 2
+    # Ctrl-C or a TERM cancels the run; the `finally` below still stops every process.
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main_task.cancel)
     began = time.monotonic()
     load_before = os.getloadavg()
     started_at = dt.datetime.now(dt.UTC)

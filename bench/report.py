@@ -154,7 +154,8 @@ def markdown_table(figures: list[Figure]) -> str:
         ratio = "-" if math.isnan(f.ratio) else f"{f.ratio:.2f}×"
         met = {True: "yes", False: "**no**", None: "-"}[f.met]
         target = f.target.text if f.target else "-"
-        lines.append(f"| {f.name} | {sf} | {limit} | {ratio} | {target} | {met} |")
+        cells = [f.name, sf, limit, ratio, target, met]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 

