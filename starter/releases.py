@@ -6,6 +6,7 @@ Each takes a connected client and returns models; the CLI only parses and render
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -13,7 +14,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -46,6 +52,13 @@ from workflows.release import (
 )
 from workflows.release_workflow import ReleaseWorkflow
 from workflows.stage_workflow import StageWorkflow
+
+CREATE_RETRY_SECONDS = 120
+RETRYABLE_RPC = {
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+}
 
 
 class ReleaseNotFound(LookupError):
@@ -123,18 +136,31 @@ async def create_release(
         created_by=user,
         request_id=uuid.uuid4().hex,
     )
-    return await client.execute_update_with_start_workflow(
-        PipelineWorkflow.create_release,
-        request,
-        start_workflow_operation=WithStartWorkflowOperation(
-            PipelineWorkflow.run,
-            PipelineState(name=pipeline.name),
-            id=pipeline_workflow_id(pipeline.name),
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=f"pipeline {pipeline.name}: release numbers and revisions",
-        ),
-    )
+    # A burst of creates on one pipeline can exceed the server's in-flight updates
+    # per workflow: retry with the same request id (the pipeline dedupes it), with
+    # jittered back-off so the retries do not crowd the pipeline workflow.
+    deadline = time.monotonic() + CREATE_RETRY_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return await client.execute_update_with_start_workflow(
+                PipelineWorkflow.create_release,
+                request,
+                start_workflow_operation=WithStartWorkflowOperation(
+                    PipelineWorkflow.run,
+                    PipelineState(name=pipeline.name),
+                    id=pipeline_workflow_id(pipeline.name),
+                    task_queue=task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    static_summary=f"pipeline {pipeline.name}: release numbers and revisions",
+                ),
+            )
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+            retryable = not isinstance(err, RPCError) or err.status in RETRYABLE_RPC
+            if not retryable or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 5.0)
 
 
 def release_handle(
