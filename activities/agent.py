@@ -179,7 +179,16 @@ class AgentActivities:
         Not idempotent (a script may deploy twice), so never retried by Temporal:
         the workflow decides about retries (`retries:`) and logs each try apart.
         Cancellation kills the task's whole process group before it is reported.
+        With `log_key`, the finished log goes to the log store here, saving the
+        separate `ship_logs` step.
         """
+        result = await self._run_task(request)
+        if request.log_key and result.log_path:
+            await asyncio.to_thread(self._log_store.put, request.log_key, Path(result.log_path))
+            result.log_key = request.log_key
+        return result
+
+    async def _run_task(self, request: RunTaskRequest) -> RunTaskResult:
         lease = self._lease(request.context)
         task = request.task
         log_path = lease.log_dir / f"{request.index:02d}-try{request.try_number}.log"

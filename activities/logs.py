@@ -357,11 +357,19 @@ def _check_key(key: str, is_prefix: bool = False) -> None:
 
 
 def _copy_atomically(source: Path, dest: Path) -> None:
+    """Put `source` at `dest` atomically: a hard link on the same file system (a log
+    is finished when it is shipped, so sharing its inode costs nothing), else a copy."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        shutil.copyfile(source, tmp)
+        try:
+            os.unlink(tmp)
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
         os.replace(tmp, dest)
+        # rename() does nothing when both names are links to one file (a re-put).
+        Path(tmp).unlink(missing_ok=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from starter.releases import ReleaseRef
 from tests.conftest import Stack, wait_for
+from tests.test_engine_e2e import replay_release
 from worker.devserver import free_port
 
 pytestmark = pytest.mark.e2e
@@ -163,6 +165,8 @@ async def test_approval_mail_names_the_release_and_its_command_approves(
     assert ("alice", "approve", "accepted") in [
         (e["actor"], e["action"], e["outcome"]) for e in history
     ]
+    status = await stack.status(ReleaseRef.parse(ref))
+    await replay_release(stack.client, status, record_as="approval")
 
 
 async def test_refusals_of_non_approvers_creator_and_out_of_turn_are_in_history(

@@ -17,7 +17,8 @@ from temporalio.worker import Replayer
 
 from worker.control import SANDBOX, WORKFLOWS
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+HISTORY_DIR = Path(__file__).parent / "histories"
+HISTORIES = sorted(HISTORY_DIR.rglob("*.json"))
 
 
 def test_histories_are_recorded() -> None:
@@ -25,7 +26,9 @@ def test_histories_are_recorded() -> None:
     assert kinds == {"PipelineWorkflow", "ReleaseWorkflow", "StageWorkflow"}
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])
+@pytest.mark.parametrize(
+    "path", HISTORIES, ids=[str(path.relative_to(HISTORY_DIR)) for path in HISTORIES]
+)
 async def test_recorded_history_replays(path: Path) -> None:
     data = json.loads(path.read_text())
     history = WorkflowHistory.from_json(data.pop("workflow_id"), data)

@@ -93,6 +93,7 @@ class RunTaskRequest(Model):
     secrets: dict[str, SecretRef] = Field(
         {}, description="resolved on the agent; values never leave it"
     )
+    log_key: str | None = Field(None, description="ship the log to this log store key")
 
 
 class RunTaskResult(Model):
@@ -103,6 +104,7 @@ class RunTaskResult(Model):
     log_path: str = Field(description="the log on the agent, for ship_logs")
     log_bytes: int = 0
     message: str = ""
+    log_key: str | None = Field(None, description="set when run_task shipped the log itself")
 
 
 class TaskProgress(Model):

@@ -748,6 +748,9 @@ class StageWorkflow:
             )
             for try_number in range(1, task.retries + 2):
                 run.tries = try_number
+                key = log_key(context, index, task, try_number)
+                # Newer agents ship the log at the end of run_task: one round trip less.
+                ships_itself = workflow.patched("run-task-ships-log")
                 result = await self._try_task(
                     lease,
                     RunTaskRequest(
@@ -757,10 +760,12 @@ class StageWorkflow:
                         try_number=try_number,
                         variables=plain,
                         secrets=secrets,
+                        log_key=key if ships_itself else None,
                     ),
                 )
-                if result.log_path:
-                    key = log_key(context, index, task, try_number)
+                if result.log_key:
+                    run.log = result.log_key
+                elif result.log_path:
                     await self._on_agent(
                         lease,
                         "ship_logs",
