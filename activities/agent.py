@@ -180,12 +180,22 @@ class AgentActivities:
         the workflow decides about retries (`retries:`) and logs each try apart.
         Cancellation kills the task's whole process group before it is reported.
         With `log_key`, the finished log goes to the log store here, saving the
-        separate `ship_logs` step.
+        separate `ship_logs` step; with `end_lease`, the lease ends here too,
+        saving the `cleanup` step.
         """
         result = await self._run_task(request)
         if request.log_key and result.log_path:
             await asyncio.to_thread(self._log_store.put, request.log_key, Path(result.log_path))
             result.log_key = request.log_key
+        if request.end_lease == "always" or (
+            request.end_lease == "if_succeeded" and result.succeeded
+        ):
+            # The job's last step: free the agent now (the lease activity ends and
+            # removes the work dir), instead of waiting for a `cleanup` step.
+            lease = self._leases.get(request.context.lease_id)
+            if lease is not None:
+                lease.done.set()
+            result.lease_ended = True
         return result
 
     async def _run_task(self, request: RunTaskRequest) -> RunTaskResult:

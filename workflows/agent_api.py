@@ -6,6 +6,7 @@ One input model and one result model per activity, with fields that can grow.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 
 from pydantic import Field
 
@@ -94,6 +95,9 @@ class RunTaskRequest(Model):
         {}, description="resolved on the agent; values never leave it"
     )
     log_key: str | None = Field(None, description="ship the log to this log store key")
+    end_lease: Literal["never", "always", "if_succeeded"] = Field(
+        "never", description="end the job's lease when done: the job's last task"
+    )
 
 
 class RunTaskResult(Model):
@@ -105,6 +109,7 @@ class RunTaskResult(Model):
     log_bytes: int = 0
     message: str = ""
     log_key: str | None = Field(None, description="set when run_task shipped the log itself")
+    lease_ended: bool = Field(False, description="the agent ended the lease after this task")
 
 
 class TaskProgress(Model):

@@ -136,6 +136,7 @@ class Lease:
     handle: workflow.ActivityHandle[LeaseResult]
     granted: LeaseGranted
     session: AgentSession
+    ended_by_agent: bool = False
 
 
 def log_key(context: JobContext, index: int, task: Task, try_number: int) -> str:
@@ -751,6 +752,11 @@ class StageWorkflow:
                 key = log_key(context, index, task, try_number)
                 # Newer agents ship the log at the end of run_task: one round trip less.
                 ships_itself = workflow.patched("run-task-ships-log")
+                # The segment's last task ends the lease on the agent when it is done
+                # (on its last try, or once it succeeds): no separate cleanup step.
+                end_lease: Literal["never", "always", "if_succeeded"] = "never"
+                if position == indexes[-1] and workflow.patched("run-task-ends-lease"):
+                    end_lease = "always" if try_number == task.retries + 1 else "if_succeeded"
                 result = await self._try_task(
                     lease,
                     RunTaskRequest(
@@ -761,8 +767,11 @@ class StageWorkflow:
                         variables=plain,
                         secrets=secrets,
                         log_key=key if ships_itself else None,
+                        end_lease=end_lease,
                     ),
                 )
+                if result.lease_ended:
+                    lease.ended_by_agent = True
                 if result.log_key:
                     run.log = result.log_key
                 elif result.log_path:
@@ -804,7 +813,7 @@ class StageWorkflow:
     async def _end_lease(self, lease: Lease) -> None:
         """Clean the work dir; the agent ends the lease in-process so it is free at once."""
         lease.session.ended_at = workflow.now()
-        if not lease.handle.done() and not lease.session.lost:
+        if not lease.handle.done() and not lease.session.lost and not lease.ended_by_agent:
             try:
                 await self._on_agent(
                     lease,
@@ -865,13 +874,19 @@ class StageWorkflow:
             except BaseException:
                 pass
             raise
+        if not handle.done() and _ended_well(lease.handle):
+            # The agent ended the lease itself with this step (the job's last task):
+            # the step's own result is on its way.
+            await workflow.wait([handle])
         if not handle.done():
             handle.cancel()
             raise AgentLost()
         try:
             return handle.result()
         except ActivityError as err:
-            if isinstance(err.cause, ActivityTimeout) or lease.handle.done():
+            if isinstance(err.cause, ActivityTimeout) or (
+                lease.handle.done() and not _ended_well(lease.handle)
+            ):
                 raise AgentLost() from err
             raise
 
@@ -1006,6 +1021,10 @@ class StageWorkflow:
             return  # the parent started us with this status already
         self._attempt.status = status
         workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
+
+
+def _ended_well(handle: workflow.ActivityHandle[LeaseResult]) -> bool:
+    return handle.done() and not handle.cancelled() and handle.exception() is None
 
 
 def task_segments(tasks: list[Task]) -> list[tuple[bool, list[int]]]:
