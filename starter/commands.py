@@ -24,6 +24,7 @@ from starter.releases import (
     cancel_stage,
     create_release,
     decide,
+    deploy_now,
     find_outcome,
     ignore_gate,
     latest_attempt,
@@ -152,6 +153,9 @@ async def show(client: Client, settings: Settings, args: argparse.Namespace) -> 
 async def deploy(
     client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
 ) -> int:
+    if args.now:
+        event = await deploy_now(client, ref, args.stage, settings.user)
+        return _verdict(ref, f"deploy {args.stage} now", event, args.json)
     return await _deploy(client, settings, args, ref, redeploy=False)
 
 

@@ -366,3 +366,75 @@ async def test_gate_that_turns_healthy_after_a_while_lets_the_deployment_go(
     table = (await asyncio.to_thread(stack.cli, "gates", ref, "prod")).stdout
     assert "health" in table and "disk" in table
     assert sys.executable
+
+
+async def test_ignore_gate_deploy_now_and_resume_from_the_command_line(
+    stack: Stack, smtp: tuple[Inbox, int]
+) -> None:
+    _, port = smtp
+    path = stack.write_pipeline(f"""
+        name: people-{stack.suffix}
+        users: {{alice: {{email: alice@example.test}}}}
+        stages:
+          - name: prod
+            pool: POOL
+            pre_deployment:
+              approvals: {{approvers: [alice]}}
+              gates:
+                interval: 1s
+                timeout: 5m
+                checks: [{{name: never-healthy, script: {{pool: POOL, run: "exit 1"}}}}]
+            tasks:
+              - name: look
+                manual_intervention: {{instructions: "Look at the dashboard", approvers: [alice]}}
+              - name: deploy
+                script: echo deployed after the intervention
+    """)
+    await stack.start_worker(**smtp_env(port))
+    await stack.start_agent("a1", capacity=2)
+    created = await asyncio.to_thread(
+        stack.cli, "--as", "dave", "--json", "release", "create", str(path)
+    )
+    assert created.returncode == 0, created.stderr
+    ref = json.loads(created.stdout)["reference"]
+    await wait_status(stack, ref, "waiting_for_approval")
+
+    approved = await asyncio.to_thread(
+        stack.cli, "--as", "alice", "approve", ref, "prod", "--defer-until", "+1d"
+    )
+    assert approved.returncode == 0 and "deferred until" in approved.stdout, approved.stderr
+    await wait_status(stack, ref, "evaluating_gates")
+    outsider = await asyncio.to_thread(
+        stack.cli, "--as", "bob", "gates", ref, "prod", "--ignore", "never-healthy"
+    )
+    assert outsider.returncode == 2 and "bob is not an approver" in outsider.stderr
+    ignored = await asyncio.to_thread(
+        stack.cli, "--as", "alice", "gates", ref, "prod", "--ignore", "never-healthy"
+    )
+    assert ignored.returncode == 0, ignored.stderr
+    await wait_status(stack, ref, "deferred")
+
+    early = await asyncio.to_thread(stack.cli, "--as", "bob", "deploy", ref, "prod", "--now")
+    assert early.returncode == 2 and "bob is not an approver" in early.stderr
+    now = await asyncio.to_thread(stack.cli, "--as", "alice", "deploy", ref, "prod", "--now")
+    assert now.returncode == 0, now.stderr
+    await wait_status(stack, ref, "waiting_for_intervention")
+
+    waiting = json.loads((await asyncio.to_thread(stack.cli, "--json", "approvals")).stdout)
+    assert any(row["release"] == ref and row["waiting_for"] == "intervention" for row in waiting)
+    resumed = await asyncio.to_thread(
+        stack.cli, "--as", "alice", "resume", ref, "prod", "--comment", "fine"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    await wait_status(stack, ref, "succeeded")
+    logs = (await asyncio.to_thread(stack.cli, "logs", ref, "--task", "deploy")).stdout
+    assert "deployed after the intervention" in logs
+    history = json.loads((await asyncio.to_thread(stack.cli, "--json", "history", ref)).stdout)
+    actions = [(e["actor"], e["action"], e["outcome"]) for e in history]
+    for expected in [
+        ("alice", "ignore_gate", "accepted"),
+        ("alice", "deploy_now", "accepted"),
+        ("alice", "resume", "accepted"),
+        ("bob", "deploy_now", "refused"),
+    ]:
+        assert expected in actions
