@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.history.v1 import HistoryEvent
@@ -37,6 +37,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from starter.artifacts import resolve_artifacts
 from starter.pipeline_loader import load_pipeline
+from starter.polling import poll
 from starter.releases import ReleaseRef, create_release
 from worker.devserver import (
     dev_server_command,
@@ -67,13 +68,9 @@ async def wait_for(
     check: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.05
 ) -> T:
     """Poll `check` until it returns something truthy; TimeoutError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
+    last = await poll(check, timeout=timeout, interval=interval)
+    if last:
+        return last
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +16,9 @@ from rich.text import Text
 from temporalio.client import Client
 
 from starter import render
+from starter.polling import poll
 from starter.releases import (
+    VERDICT_SECONDS,
     ReleaseRef,
     StageNotFound,
     abandon_release,
@@ -183,12 +184,7 @@ async def _report_outcome(
     client: Client, ref: ReleaseRef, request_id: str, args: argparse.Namespace, what: str
 ) -> int:
     """Read back what the release made of our signal: accepted, or refused and why."""
-    deadline = time.monotonic() + 15
-    event = None
-    while event is None and time.monotonic() < deadline:
-        event = await find_outcome(client, ref, request_id)
-        if event is None:
-            await asyncio.sleep(0.1)
+    event = await poll(lambda: find_outcome(client, ref, request_id), timeout=VERDICT_SECONDS)
     if event is None:
         print(f"{what}: sent to {ref}; the release has not handled it yet")
         return EXIT_OK

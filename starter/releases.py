@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from starter.artifacts import resolve_artifacts
 from starter.pipeline_loader import load_pipeline
+from starter.polling import poll
 from workflows.approval_policy import Decision
 from workflows.names import (
     CONTROL_TASK_QUEUE,
@@ -54,6 +55,7 @@ from workflows.release_workflow import ReleaseWorkflow
 from workflows.stage_workflow import StageWorkflow
 
 CREATE_RETRY_SECONDS = 120
+VERDICT_SECONDS = 15  # how long to wait for a workflow to record a decision
 RETRYABLE_RPC = {
     RPCStatusCode.RESOURCE_EXHAUSTED,
     RPCStatusCode.UNAVAILABLE,
@@ -283,16 +285,13 @@ async def signal_stage(
     """Signal a deployment and read back its verdict (accepted or refused, and why)."""
     handle = client.get_workflow_handle_for(StageWorkflow.run, attempt.workflow_id)
     await handle.signal(signal, payload)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+
+    async def verdict() -> AuditEvent | None:
         progress = await stage_progress(client, attempt.workflow_id)
-        if progress is None:
-            break
-        for event in progress.events:
-            if event.request_id == request_id:
-                return event
-        await asyncio.sleep(0.1)
-    return None
+        events = progress.events if progress else []
+        return next((e for e in events if e.request_id == request_id), None)
+
+    return await poll(verdict, timeout=VERDICT_SECONDS)
 
 
 async def decide(

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from starter.polling import poll
 from starter.releases import ReleaseRef, create_release, release_status, settled
 from worker.devserver import free_port, start_dev_server, stop_process, wait_for_server
 from workflows.names import SEARCH_ATTRIBUTES, pool_queue
@@ -38,14 +38,10 @@ async def wait_for(
     check: Callable[[], Awaitable[T]], timeout: float = 30.0, what: str = "condition"
 ) -> T:
     """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    last = await poll(check, timeout=timeout)
+    if not last:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    return last
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 
 from activities.logs import LogWriter, SecretMasker, read_log
 from activities.process import ProcessOutcome, run_process
+from tests.conftest import wait_for
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
 
@@ -49,11 +50,10 @@ def log_lines(tmp_path: Path) -> list[str]:
 
 
 async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+    async def check() -> bool:
+        return condition()
+
+    await wait_for(check, timeout=seconds)
 
 
 def is_dead(pid: int) -> bool:
