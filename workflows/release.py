@@ -11,6 +11,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from workflows.approval_policy import ApprovalState
+from workflows.audit import AuditEvent
 from workflows.gates import GateState
 from workflows.pipeline import Model, Pipeline, SecretRef, Stage, VariableValue
 
@@ -114,18 +115,6 @@ def split_secrets(
     return plain, secrets
 
 
-class AuditEvent(Model):
-    """One line of a release's audit trail: who did what, when, with what outcome."""
-
-    time: datetime
-    actor: str
-    action: str
-    stage: str | None = None
-    outcome: str = "accepted"
-    detail: str = ""
-    request_id: str | None = None
-
-
 class TaskRun(Model):
     """One task of one job in one deployment, as it ran (or did not)."""
 
@@ -138,6 +127,7 @@ class TaskRun(Model):
     duration: timedelta | None = None
     agent: str | None = None
     log: str | None = Field(None, description="log store key of the last try's log")
+    logs: list[str] = Field([], description="log store keys of every try, in order")
     message: str = ""
     continue_on_error: bool = False
 
@@ -235,11 +225,11 @@ def release_status_of(stages: list[StageView], state: str) -> str:
     return "not_deployed"
 
 
-# --- signals ------------------------------------------------------------------------
+# --- updates ------------------------------------------------------------------------
 
 
 class DeployRequest(Model):
-    """`deploy` / `redeploy` signal: deploy one stage of the release now."""
+    """`deploy` / `redeploy` update: deploy one stage of the release now."""
 
     stage: str
     by: str
@@ -253,14 +243,25 @@ class AbandonRequest(Model):
 
 
 class CancelRequest(Model):
-    """`cancel` signal of a StageWorkflow."""
+    """`cancel` update of a StageWorkflow."""
 
     by: str
     reason: str = ""
+    request_id: str | None = None
+
+
+class LateDecision(Model):
+    """`late_decision` update of a ReleaseWorkflow: a decision on a stage whose
+    deployment has ended, answered (refused) by the release and kept in its trail."""
+
+    stage: str
+    action: str = Field(description="approve, reject, resume, deploy_now, ignore_gate, cancel")
+    by: str
+    request_id: str | None = None
 
 
 class GateIgnore(Model):
-    """`ignore_gate` signal: an approver lets one gate check count as healthy."""
+    """`ignore_gate` update: an approver lets one gate check count as healthy."""
 
     check: str
     by: str
@@ -269,7 +270,7 @@ class GateIgnore(Model):
 
 
 class DeployNow(Model):
-    """`deploy_now` signal: an approver ends a deferral early."""
+    """`deploy_now` update: an approver ends a deferral early."""
 
     by: str
     request_id: str | None = None

@@ -15,6 +15,10 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.activity_refs import send_in_background
+    from workflows.audit import SYSTEM, AuditEvent, AuditTrail
+    from workflows.deployment import StageInput
+    from workflows.mail import mail, mail_summary
     from workflows.names import (
         SA_ARTIFACTS,
         SA_CREATED_BY,
@@ -26,9 +30,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.pipeline import AfterStages, Model
     from workflows.release import (
         AbandonRequest,
-        AuditEvent,
         CancelRequest,
         DeployRequest,
+        LateDecision,
         ReleaseSpec,
         ReleaseStatus,
         StageAttempt,
@@ -37,12 +41,7 @@ with workflow.unsafe.imports_passed_through():
         release_status_of,
     )
     from workflows.stage_dag import stages_to_trigger
-    from workflows.stage_workflow import (
-        StageInput,
-        StageWorkflow,
-        notify_mail,
-        stage_search_attributes,
-    )
+    from workflows.stage_workflow import StageWorkflow, stage_search_attributes
 
 
 class ReleaseState(Model):
@@ -87,8 +86,11 @@ class ReleaseWorkflow:
             ],
             last_activity=workflow.now(),
         )
+        self._trail = AuditTrail(self._state.history, workflow.now)
         self._requests: list[tuple[str, DeployRequest]] = []
         self._abandon: AbandonRequest | None = None
+        # What the main loop answered to each update's request, by the request object.
+        self._answers: dict[int, AuditEvent] = {}
         # A stage is in here from the moment it is started; the handle once the child runs.
         self._running: dict[
             str, workflow.ChildWorkflowHandle[StageWorkflow, StageAttempt] | None
@@ -100,7 +102,7 @@ class ReleaseWorkflow:
     @workflow.run
     async def run(self, input: ReleaseInput) -> ReleaseStatus:
         if input.state is None:
-            self._record(self._spec.created_by, "create", detail=self._creation_detail())
+            self._trail.accept(self._spec.created_by, "create", self._creation_detail())
             for name in self._triggered(finished=None):
                 self._start_stage(name, self._spec.created_by, "after release")
             self._update_status_attribute()
@@ -115,36 +117,116 @@ class ReleaseWorkflow:
                 )
             except TimeoutError:
                 self._state.state = "closed"
-                self._record("stageflow", "close", detail="retention passed with no activity")
+                self._trail.accept(SYSTEM, "close", "retention passed with no activity")
                 break
-            while self._requests:
-                action, request = self._requests.pop(0)
-                self._handle_deploy(action, request)
+            self._answer_requests()
             if self._abandon is not None:
                 await self._do_abandon(self._abandon)
             elif self._can_continue():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(ReleaseInput(spec=self._spec, state=self._state))
+                # Updates that arrive meanwhile are answered before continuing as new.
+                await workflow.wait_condition(
+                    lambda: (
+                        workflow.all_handlers_finished()
+                        or bool(self._requests)
+                        or self._abandon is not None
+                    )
+                )
+                if not self._requests and self._abandon is None:
+                    workflow.continue_as_new(ReleaseInput(spec=self._spec, state=self._state))
+        # Requests that came with the end are refused (the release is no longer active).
+        self._answer_requests()
+        await workflow.wait_condition(workflow.all_handlers_finished)
         self._update_status_attribute()
         return self.status()
 
+    def _answer_requests(self) -> None:
+        while self._requests:
+            action, request = self._requests.pop(0)
+            self._answers[id(request)] = self._handle_deploy(action, request)
+
     # --- signals and queries --------------------------------------------------------
 
-    @workflow.signal
-    def deploy(self, request: DeployRequest) -> None:
+    @workflow.update
+    async def deploy(self, request: DeployRequest) -> AuditEvent:
         """Deploy a stage now (a manual stage, or one past the release's target)."""
+        return await self._submit("deploy", request)
+
+    @workflow.update
+    async def redeploy(self, request: DeployRequest) -> AuditEvent:
+        """Deploy a stage again: after a failure, or to put this release back (rollback)."""
+        return await self._submit("redeploy", request)
+
+    @workflow.update
+    async def abandon(self, request: AbandonRequest) -> AuditEvent:
+        """Close the release: running deployments are canceled, nothing more deploys."""
+        answered = self._trail.answered(request.request_id)
+        if answered is not None:
+            return answered
+        if self._state.state != "active" or self._abandon is not None:
+            state = "abandoned" if self._abandon is not None else self._state.state
+            return self._trail.refuse(
+                request.by, "abandon", f"the release is {state}", request_id=request.request_id
+            )
+        self._abandon = request
+        await workflow.wait_condition(lambda: id(request) in self._answers)
+        return self._answers.pop(id(request))
+
+    @workflow.update
+    async def late_decision(self, request: LateDecision) -> AuditEvent:
+        """A person's decision on a stage whose deployment has ended (or never began):
+        refused with the stage's state, and kept in the audit trail."""
+        answered = self._trail.answered(request.request_id)
+        if answered is not None:
+            return answered
+        names = self._spec.pipeline.stage_names
+        if request.stage not in names:
+            reason = f"unknown stage {request.stage!r} (stages: {', '.join(names)})"
+        else:
+            # A deployment that has just ended is taken in first, so its outcome is known.
+            await workflow.wait_condition(lambda: request.stage not in self._running)
+            view = self._view(request.stage)
+            latest = view.latest
+            reason = (
+                f"stage {request.stage!r} has not been deployed: nothing to {request.action}"
+                if latest is None
+                else f"stage {request.stage!r} is {latest.status.value} "
+                f"(attempt {latest.attempt}): nothing to {request.action}"
+            )
+        return self._trail.refuse(
+            request.by, request.action, reason, stage=request.stage, request_id=request.request_id
+        )
+
+    # The signals releases started before this change were sent; same effect, no answer.
+
+    @workflow.signal(name="deploy")
+    def deploy_signal(self, request: DeployRequest) -> None:
         self._requests.append(("deploy", request))
 
-    @workflow.signal
-    def redeploy(self, request: DeployRequest) -> None:
-        """Deploy a stage again: after a failure, or to put this release back (rollback)."""
+    @workflow.signal(name="redeploy")
+    def redeploy_signal(self, request: DeployRequest) -> None:
         self._requests.append(("redeploy", request))
 
-    @workflow.signal
-    def abandon(self, request: AbandonRequest) -> None:
-        """Close the release: running deployments are canceled, nothing more deploys."""
+    @workflow.signal(name="abandon")
+    def abandon_signal(self, request: AbandonRequest) -> None:
         if self._abandon is None:
             self._abandon = request
+
+    async def _submit(self, action: str, request: DeployRequest) -> AuditEvent:
+        """Hand a request to the main loop (the one place stages start) and wait for its answer."""
+        answered = self._trail.answered(request.request_id)
+        if answered is not None:
+            return answered
+        if self._state.state != "active":
+            return self._trail.refuse(
+                request.by,
+                action,
+                f"the release is {self._state.state}",
+                stage=request.stage,
+                request_id=request.request_id,
+            )
+        self._requests.append((action, request))
+        await workflow.wait_condition(lambda: id(request) in self._answers)
+        return self._answers.pop(id(request))
 
     @workflow.query
     def status(self) -> ReleaseStatus:
@@ -176,7 +258,7 @@ class ReleaseWorkflow:
 
     # --- deployments --------------------------------------------------------------
 
-    def _handle_deploy(self, action: str, request: DeployRequest) -> None:
+    def _handle_deploy(self, action: str, request: DeployRequest) -> AuditEvent:
         names = self._spec.pipeline.stage_names
         refusal = None
         if self._state.state != "active" or self._abandon is not None:
@@ -188,17 +270,14 @@ class ReleaseWorkflow:
         elif request.stage in self._running:
             refusal = f"stage {request.stage!r} is being deployed (attempt {self._view(request.stage).attempts[-1].attempt})"
         if refusal:
-            self._record(
-                request.by,
-                action,
-                stage=request.stage,
-                outcome="refused",
-                detail=refusal,
-                request_id=request.request_id,
+            return self._trail.refuse(
+                request.by, action, refusal, stage=request.stage, request_id=request.request_id
             )
-            return
-        self._record(request.by, action, stage=request.stage, request_id=request.request_id)
+        event = self._trail.accept(
+            request.by, action, stage=request.stage, request_id=request.request_id
+        )
         self._start_stage(request.stage, request.by, action)
+        return event
 
     def _start_stage(self, stage: str, by: str, reason: str) -> None:
         view = self._view(stage)
@@ -264,11 +343,11 @@ class ReleaseWorkflow:
         view.attempts[-1] = result
         view.status = result.status
         self._state.last_activity = workflow.now()
-        self._record(
-            "stageflow",
+        self._trail.accept(
+            SYSTEM,
             "stage " + result.status.value,
+            f"attempt {attempt}" + (f": {result.message}" if result.message else ""),
             stage=stage,
-            detail=f"attempt {attempt}" + (f": {result.message}" if result.message else ""),
         )
         for name in self._triggered(finished=stage):
             self._start_stage(name, by, f"after {stage}")
@@ -276,13 +355,15 @@ class ReleaseWorkflow:
         self._notify_outcome(stage, result)
 
     async def _do_abandon(self, request: AbandonRequest) -> None:
-        self._record(request.by, "abandon", detail=request.reason, request_id=request.request_id)
+        self._answers[id(request)] = self._trail.accept(
+            request.by, "abandon", request.reason, request_id=request.request_id
+        )
         self._state.state = "abandoned"
         self._update_status_attribute()
         for handle in list(self._running.values()):
             if handle is not None:
                 await handle.signal(
-                    StageWorkflow.cancel,
+                    StageWorkflow.cancel_signal,
                     CancelRequest(
                         by=request.by, reason=f"release abandoned {request.reason}".strip()
                     ),
@@ -307,10 +388,8 @@ class ReleaseWorkflow:
         notify = self._spec.pipeline.stage(stage).notify
         if notify is None or result.status.value not in notify.on:
             return
-        users = []
-        for entry in notify.to:
-            users += [u for u in self._spec.pipeline.members(entry) if u not in users]
-        notify_mail(
+        users = self._spec.pipeline.people(notify.to)
+        request = mail(
             self._spec,
             stage,
             result.attempt,
@@ -319,6 +398,8 @@ class ReleaseWorkflow:
             status=result.status.value,
             message=result.message,
         )
+        if request is not None:
+            send_in_background(request, workflow.info().task_queue, mail_summary(request))
 
     def _triggered(self, finished: str | None) -> list[str]:
         triggers: dict[str, str | list[str]] = {}
@@ -352,28 +433,6 @@ class ReleaseWorkflow:
         )
         until = f"; until {self._spec.until}" if self._spec.until else ""
         return f"{self._spec.name} from revision {self._spec.revision[:12]} ({versions}){until}"
-
-    def _record(
-        self,
-        actor: str,
-        action: str,
-        *,
-        stage: str | None = None,
-        outcome: str = "accepted",
-        detail: str = "",
-        request_id: str | None = None,
-    ) -> None:
-        self._state.history.append(
-            AuditEvent(
-                time=workflow.now(),
-                actor=actor,
-                action=action,
-                stage=stage,
-                outcome=outcome,
-                detail=detail,
-                request_id=request_id,
-            )
-        )
 
     def _update_status_attribute(self) -> None:
         status = release_status_of(self._state.stages, self._state.state)

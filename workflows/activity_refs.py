@@ -1,0 +1,209 @@
+"""Every activity a workflow calls, in one table: its name, input and result types,
+the queue it runs on, its timeouts and its retry policy.
+
+Workflows call activities through these references, never by a bare string;
+the workers register each function under the reference's name
+(`@activity.defn(name=RUN_TASK.name)`), and tests/test_activity_refs.py checks
+that every reference is served by the worker that polls its queue. A timeout
+that depends on the input (a task's own timeout) is a function of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Generic, Literal, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.agent_api import (
+        CleanupRequest,
+        DownloadRequest,
+        DownloadResult,
+        LeaseRequest,
+        LeaseResult,
+        RunTaskRequest,
+        RunTaskResult,
+        ShipLogsRequest,
+        ShipLogsResult,
+    )
+    from workflows.control_api import (
+        CheckRequest,
+        CheckResult,
+        NotificationRequest,
+        NotificationResult,
+        StartPlan,
+        StartPlanRequest,
+    )
+
+I = TypeVar("I")  # noqa: E741 - the input type
+R = TypeVar("R")
+
+# The lease heartbeats while the agent lives; this is how fast a dead agent is noticed.
+LEASE_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+TASK_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+NO_RETRY = RetryPolicy(maximum_attempts=1)
+# Bookkeeping (ship a log, clean up, plan a start) is idempotent: retry it a little.
+FEW_RETRIES = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(milliseconds=200))
+# A mail is retried for a while, in the background: it never holds up a deployment.
+MAIL_RETRIES = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=10,
+)
+
+Queue = Literal["control", "pool", "agent"]
+Timeout = timedelta | Callable[[I], timedelta] | None
+
+
+@dataclass(frozen=True)
+class ActivityRef(Generic[I, R]):
+    """One activity: what it takes and gives, where it runs, how long it may take."""
+
+    name: str
+    input: type[I]
+    result: type[R]
+    queue: Queue = "control"
+    start_to_close: Timeout[I] = None
+    schedule_to_close: Timeout[I] = None
+    heartbeat: timedelta | None = None
+    retry: RetryPolicy = field(default_factory=lambda: NO_RETRY)
+
+    # An activity with a heartbeat is waited for when canceled: the workflow knows
+    # its subprocess is dead before it moves on. Without one, cancel and go on.
+    @property
+    def cancellation(self) -> workflow.ActivityCancellationType:
+        return (
+            workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+            if self.heartbeat and self.queue == "agent"
+            else workflow.ActivityCancellationType.TRY_CANCEL
+        )
+
+    def start(
+        self,
+        arg: I,
+        *,
+        task_queue: str,
+        summary: str,
+        start_to_close: timedelta | None = None,
+    ) -> workflow.ActivityHandle[R]:
+        """Start the activity on `task_queue`; `start_to_close` overrides the table's."""
+        return workflow.start_activity(
+            self.name,
+            arg,
+            result_type=self.result,
+            task_queue=task_queue,
+            start_to_close_timeout=start_to_close or _resolve(self.start_to_close, arg),
+            schedule_to_close_timeout=_resolve(self.schedule_to_close, arg),
+            heartbeat_timeout=self.heartbeat,
+            retry_policy=self.retry,
+            cancellation_type=self.cancellation,
+            summary=summary,
+        )
+
+    async def execute(
+        self,
+        arg: I,
+        *,
+        task_queue: str,
+        summary: str,
+        start_to_close: timedelta | None = None,
+    ) -> R:
+        return await self.start(
+            arg, task_queue=task_queue, summary=summary, start_to_close=start_to_close
+        )
+
+
+def _resolve(timeout: Timeout[I], arg: I) -> timedelta | None:
+    return timeout(arg) if callable(timeout) else timeout
+
+
+def _check_timeout(request: CheckRequest) -> timedelta:
+    check = request.check
+    own = check.http.timeout if check.http is not None else check.script.timeout  # type: ignore[union-attr]
+    return own + timedelta(seconds=30)
+
+
+# --- the table ------------------------------------------------------------------------
+
+LEASE_AGENT = ActivityRef(
+    "lease_agent",
+    LeaseRequest,
+    LeaseResult,
+    queue="pool",
+    start_to_close=timedelta(hours=2),  # the job's timeout + 10m, given at the call
+    heartbeat=LEASE_HEARTBEAT_TIMEOUT,
+)
+DOWNLOAD_ARTIFACTS = ActivityRef(
+    "download_artifacts",
+    DownloadRequest,
+    DownloadResult,
+    queue="agent",
+    start_to_close=timedelta(hours=2),
+)
+RUN_TASK = ActivityRef(
+    "run_task",
+    RunTaskRequest,
+    RunTaskResult,
+    queue="agent",
+    start_to_close=lambda request: request.task.timeout + timedelta(minutes=1),
+    heartbeat=TASK_HEARTBEAT_TIMEOUT,
+)
+SHIP_LOGS = ActivityRef(
+    "ship_logs",
+    ShipLogsRequest,
+    ShipLogsResult,
+    queue="agent",
+    start_to_close=timedelta(minutes=10),
+    retry=FEW_RETRIES,
+)
+CLEANUP = ActivityRef(
+    "cleanup",
+    CleanupRequest,
+    type(None),
+    queue="agent",
+    start_to_close=timedelta(minutes=5),
+    retry=FEW_RETRIES,
+)
+PLAN_START = ActivityRef(
+    "plan_start",
+    StartPlanRequest,
+    StartPlan,
+    start_to_close=timedelta(seconds=30),
+    retry=FEW_RETRIES,
+)
+CHECK_HTTP = ActivityRef("check_http", CheckRequest, CheckResult, schedule_to_close=_check_timeout)
+RUN_CHECK = ActivityRef(
+    "run_check", CheckRequest, CheckResult, queue="pool", schedule_to_close=_check_timeout
+)
+SEND_NOTIFICATION = ActivityRef(
+    "send_notification",
+    NotificationRequest,
+    NotificationResult,
+    start_to_close=timedelta(minutes=1),
+    schedule_to_close=timedelta(minutes=30),
+    retry=MAIL_RETRIES,
+)
+
+ALL: list[ActivityRef] = [  # type: ignore[type-arg]
+    LEASE_AGENT,
+    DOWNLOAD_ARTIFACTS,
+    RUN_TASK,
+    SHIP_LOGS,
+    CLEANUP,
+    PLAN_START,
+    CHECK_HTTP,
+    RUN_CHECK,
+    SEND_NOTIFICATION,
+]
+
+
+def send_in_background(request: NotificationRequest, task_queue: str, summary: str) -> None:
+    """Start a mail and do not wait: it is retried for a while (MAIL_RETRIES) and never
+    fails or blocks a deployment."""
+    handle = SEND_NOTIFICATION.start(request, task_queue=task_queue, summary=summary)
+    # Nobody awaits the mail; look at its outcome so a failure is not an unhandled error.
+    handle.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -1,0 +1,97 @@
+"""Manual interventions: a job pauses for a person, who resumes it or rejects the
+deployment; on timeout the task's `on_timeout` decides. Beside the jobs they split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.activity_refs import send_in_background
+    from workflows.approval_policy import Decision
+    from workflows.audit import SYSTEM, AuditEvent
+    from workflows.deployment import Deployment, PendingIntervention, Rejected
+    from workflows.mail import intervention_mails, mail_summary
+    from workflows.pipeline import Task, format_duration
+    from workflows.release import StageStatus, TaskRun, TaskStatus
+    from workflows.who_may import may_decide_intervention
+
+
+async def intervention(d: Deployment, task: Task, run: TaskRun) -> None:
+    """Wait for `resume` or `reject`; on timeout, as the task says."""
+    spec = task.manual_intervention
+    assert spec is not None
+    pending = PendingIntervention(task=task.name, approvers=spec.approvers)
+    d.intervention = pending
+    previous = d.attempt.status
+    deadline = workflow.now() + spec.timeout
+    d.wait(deadline, spec.instructions)
+    run.status, run.started_at, run.message = (
+        TaskStatus.IN_PROGRESS,
+        workflow.now(),
+        spec.instructions,
+    )
+    d.set_status(StageStatus.WAITING_FOR_INTERVENTION)
+    if workflow.patched("mail-to-deciders"):
+        people = d.deciders.of(spec.approvers)
+    else:  # releases started before mailed the approvers, else the stage's `notify.to`
+        people = d.spec.pipeline.people(spec.approvers) or (
+            d.spec.pipeline.people(d.stage.notify.to) if d.stage.notify else []
+        )
+    for request in intervention_mails(
+        d.spec, d.stage.name, d.input.attempt, spec, deadline, people
+    ):
+        send_in_background(request, d.task_queue, mail_summary(request))
+    try:
+        await workflow.wait_condition(
+            lambda: pending.decision is not None,
+            timeout=spec.timeout,
+            timeout_summary=f"manual intervention {task.name!r} times out "
+            f"({spec.on_timeout} after {format_duration(spec.timeout)})",
+        )
+    except TimeoutError:
+        pending.decision, pending.by = spec.on_timeout, SYSTEM
+        pending.comment = f"timed out after {format_duration(spec.timeout)}"
+        d.trail.accept(
+            SYSTEM,
+            spec.on_timeout,
+            f"manual intervention {task.name!r} {pending.comment}: {spec.on_timeout}",
+        )
+    finally:
+        d.intervention = None
+        d.wait(None)
+    run.duration = workflow.now() - (run.started_at or workflow.now())
+    run.message = f"{pending.decision} by {pending.by}" + (
+        f": {pending.comment}" if pending.comment else ""
+    )
+    if pending.decision == "reject":
+        run.status = TaskStatus.FAILED
+        raise Rejected(
+            f"manual intervention {task.name!r} rejected by {pending.by}"
+            + (f": {pending.comment}" if pending.comment else "")
+        )
+    run.status = TaskStatus.SUCCEEDED
+    d.set_status(previous)
+
+
+def decide_intervention(
+    d: Deployment, decision: Decision, action: Literal["resume", "reject"]
+) -> AuditEvent:
+    pending = d.intervention
+    open_approvers = pending.approvers if pending and pending.decision is None else None
+    reason = may_decide_intervention(d.deciders, open_approvers, decision.by)
+    if reason is not None or pending is None:
+        return d.trail.refuse(decision.by, action, reason or "", request_id=decision.request_id)
+    pending.decision, pending.by, pending.comment = action, decision.by, decision.comment
+    return d.trail.accept(
+        decision.by,
+        action,
+        f"manual intervention {pending.task!r}"
+        + (f": {decision.comment}" if decision.comment else ""),
+        request_id=decision.request_id,
+    )
+
+
+def intervention_pending(d: Deployment) -> bool:
+    return d.intervention is not None and d.intervention.decision is None
