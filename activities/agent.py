@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 from activities.artifacts import ArtifactCache
 from activities.logs import LogStore, LogWriter, SecretMasker
 from activities.process import run_process
+from workflows.activity_refs import CLEANUP, DOWNLOAD_ARTIFACTS, LEASE_AGENT, RUN_TASK, SHIP_LOGS
 from workflows.agent_api import (
     LEASE_GRANTED_SIGNAL,
     CleanupRequest,
@@ -97,7 +98,7 @@ class AgentActivities:
 
     # --- the lease, on pool/<pool> ------------------------------------------------------
 
-    @activity.defn(name="lease_agent")
+    @activity.defn(name=LEASE_AGENT.name)
     async def lease_agent(self, request: LeaseRequest) -> LeaseResult:
         """Hold this agent for one job until `cleanup` ends it or the workflow cancels it.
 
@@ -136,7 +137,7 @@ class AgentActivities:
 
     # --- the job's steps, on agent/<agent-id> -------------------------------------------
 
-    @activity.defn(name="download_artifacts")
+    @activity.defn(name=DOWNLOAD_ARTIFACTS.name)
     async def download_artifacts(self, request: DownloadRequest) -> DownloadResult:
         """Put every artifact under $STAGEFLOW_ARTIFACTS/<alias>, through the content cache.
 
@@ -172,7 +173,7 @@ class AgentActivities:
             )
         return DownloadResult(artifacts=results)
 
-    @activity.defn(name="run_task")
+    @activity.defn(name=RUN_TASK.name)
     async def run_task(self, request: RunTaskRequest) -> RunTaskResult:
         """Run one task; its output streams to a local log, secrets masked.
 
@@ -273,13 +274,13 @@ class AgentActivities:
                 message=message,
             )
 
-    @activity.defn(name="ship_logs")
+    @activity.defn(name=SHIP_LOGS.name)
     async def ship_logs(self, request: ShipLogsRequest) -> ShipLogsResult:
         """Copy a task's local log (and its timestamp index) to the log store. Idempotent."""
         size = await asyncio.to_thread(self._log_store.put, request.key, Path(request.log_path))
         return ShipLogsResult(key=request.key, bytes=size)
 
-    @activity.defn(name="cleanup")
+    @activity.defn(name=CLEANUP.name)
     async def cleanup(self, request: CleanupRequest) -> None:
         """Remove the job's work dir and end its lease here, so the agent is free at once."""
         lease = self._leases.get(request.context.lease_id)

@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from workflows.activity_refs import PLAN_START
 from workflows.control_api import StartPlan, StartPlanRequest, StartWait
 from workflows.pipeline import WEEKDAYS, Freeze, Schedule, format_duration
 
@@ -407,7 +408,7 @@ def _freeze_detail(freeze: Freeze, end: datetime) -> str:
 # --- the activity -----------------------------------------------------------------------
 
 
-@activity.defn(name="plan_start")
+@activity.defn(name=PLAN_START.name)
 async def plan_start(request: StartPlanRequest) -> StartPlan:
     """When may this deployment start, given its schedule and freezes?
 

@@ -16,6 +16,7 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 from temporalio import activity
 
+from workflows.activity_refs import CHECK_HTTP, RUN_CHECK
 from workflows.control_api import CheckRequest, CheckResult
 
 MISSING = object()
@@ -40,7 +41,7 @@ def json_path(document: Any, path: str) -> Any:
     return current
 
 
-@activity.defn(name="check_http")
+@activity.defn(name=CHECK_HTTP.name)
 async def check_http(request: CheckRequest) -> CheckResult:
     """GET (or POST/HEAD) the URL; healthy when the status and the JSON expectation hold."""
     spec = request.check.http
@@ -76,7 +77,7 @@ async def check_http(request: CheckRequest) -> CheckResult:
     return CheckResult(healthy=True, reason=f"{url} answered {response.status_code}")
 
 
-@activity.defn(name="run_check")
+@activity.defn(name=RUN_CHECK.name)
 async def run_check(request: CheckRequest) -> CheckResult:
     """Run the check's command with bash; exit code 0 is healthy. The process group is
     killed on timeout."""

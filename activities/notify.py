@@ -7,14 +7,13 @@ otherwise as `.eml` files in the outbox directory (for `stageflow up` on one
 machine, and for looking at what would have been sent).
 
 Every mail that asks for a decision carries the exact CLI command that makes it,
-on a line of its own, built by `approve_command` / `reject_command`.
+on a line of its own, built by workflows/mail.py (`approve_command`, `reject_command`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shlex
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from temporalio import activity
 
 from worker.settings import SmtpSettings
+from workflows.activity_refs import SEND_NOTIFICATION
 from workflows.control_api import NotificationRequest, NotificationResult, Recipient
 from workflows.names import release_workflow_id
 
@@ -51,33 +51,6 @@ _templates = SandboxedEnvironment(
 
 _PHASES = {"pre": "pre-deployment", "post": "post-deployment"}
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._@+-]")
-
-
-def approve_command(reference: str, stage: str, user: str, post: bool) -> str:
-    """The command that approves a pending approval, e.g.
-    `stageflow approve webapp/7 prod --as alice` (`--post` for post-deployment)."""
-    return _decision_command("approve", reference, stage, user, post)
-
-
-def reject_command(reference: str, stage: str, user: str, post: bool, comment: str = "why") -> str:
-    """The command that rejects a pending approval, with a comment for the reader to fill
-    in, e.g. `stageflow reject webapp/7 prod --comment 'why' --as alice`."""
-    return _decision_command("reject", reference, stage, user, post, comment=comment)
-
-
-def _decision_command(
-    verb: str, reference: str, stage: str, user: str, post: bool, comment: str | None = None
-) -> str:
-    # Everything a user or pipeline author named is shell-quoted, so the line can be
-    # pasted into a shell as it is (quote leaves plain words such as webapp/7 alone).
-    words = ["stageflow", verb, shlex.quote(reference), shlex.quote(stage)]
-    if post:
-        words.append("--post")
-    if comment is not None:
-        # Always quoted, even a single word: it reads as text to replace.
-        words += ["--comment", "'" + comment.replace("'", "'\"'\"'") + "'"]
-    words += ["--as", shlex.quote(user)]
-    return " ".join(words)
 
 
 def release_reference(request: NotificationRequest) -> str:
@@ -113,7 +86,7 @@ class Notifier:
         self._outbox_dir = outbox_dir
         self._web_ui = web_ui.rstrip("/") if web_ui else None
 
-    @activity.defn(name="send_notification")
+    @activity.defn(name=SEND_NOTIFICATION.name)
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
         """Mail one request to each of its recipients, through SMTP or into the outbox.
 

@@ -39,7 +39,7 @@ from bench.bare import (
 from bench.history import activity_spans, event_kinds, first_time, histories, signals
 from bench.report import Figure, Target, median
 from bench.world import World, event_time, spawn_python, wait_for, wait_for_children
-from starter.releases import ReleaseRef, create_release, release_status, request_deploy
+from starter.releases import ReleaseRef, create_release, deploy_stage, release_status
 from worker.devserver import free_port, start_dev_server, stop_process, wait_for_server
 from workflows.names import pipeline_workflow_id, stage_workflow_id
 from workflows.release import ResolvedArtifact, StageStatus
@@ -445,7 +445,7 @@ class Bench:
         await wait_for_event(
             self.client, ref.workflow_id, EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
         )
-        await request_deploy(self.client, ref, "dev", "bench")
+        await deploy_stage(self.client, ref, "dev", "bench")
         await wait_for_children(self.client, ref.workflow_id, 1, self.sizes.timeout)
         await self.check_succeeded(ref, ["dev"])
         release, stage = await histories(
@@ -469,7 +469,11 @@ class Bench:
             return False
 
         await wait_for(waiting, self.sizes.timeout, "the stage to wait for approval")
-        await handle.signal(StageWorkflow.approve, approval_decision(StageWorkflow.approve))
+        # The approve signal (kept for releases started before updates): the figure
+        # times signal -> first task start from the history, as it always has.
+        await handle.signal(
+            StageWorkflow.approve_signal, approval_decision(StageWorkflow.approve_signal)
+        )
         await wait_for_children(self.client, ref.workflow_id, 1, self.sizes.timeout)
         await self.check_succeeded(ref, ["dev"])
         stage = (await histories(self.client, [stage_id]))[0]

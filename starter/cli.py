@@ -20,16 +20,16 @@ from typing import NoReturn
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from starter.exit_codes import Exit
 from starter.pipeline_loader import InvalidPipeline, load_pipeline, pipeline_json_schema
 from starter.releases import (
+    ReleaseClosed,
     ReleaseNotFound,
     ReleaseRef,
     StageNotFound,
 )
 from worker.devserver import ServerFailed
 from worker.settings import Settings, connect
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UserError(ValueError):
@@ -192,7 +192,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     if args.pipeline_command == "schema":
         print(json.dumps(pipeline_json_schema(), indent=2))
-        return EXIT_OK
+        return Exit.OK
     pipeline, revision = load_pipeline(args.file)
     if args.json:
         print(
@@ -210,7 +210,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
             f"{args.file}: pipeline {pipeline.name!r} is valid "
             f"({len(pipeline.stages)} stages: {' -> '.join(pipeline.stage_names)})"
         )
-    return EXIT_OK
+    return Exit.OK
 
 
 async def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
@@ -269,7 +269,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
         return process.wait()
     except KeyboardInterrupt:
         stop_process(process)
-        return EXIT_OK
+        return Exit.OK
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -282,7 +282,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     print(f"control worker polling {settings.task_queue!r} at {settings.address}", flush=True)
     print(settings.mail_destination(), flush=True)
     await run_control_worker(client, settings, stop)
-    return EXIT_OK
+    return Exit.OK
 
 
 async def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
@@ -293,7 +293,7 @@ async def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError("--capacity must be at least 1")
     client = await _client(settings, identity=f"agent {options.name}")
     await run_agent(client, settings, options, _stop_on_signals())
-    return EXIT_OK
+    return Exit.OK
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -372,18 +372,18 @@ def run(argv: list[str] | None = None) -> int:
     except InvalidPipeline as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    except (UserError, ReleaseNotFound, StageNotFound, ValueError) as err:
+        return Exit.USAGE
+    except (UserError, ReleaseNotFound, ReleaseClosed, StageNotFound, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except (ServerUnavailable, ServerFailed) as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except RPCError as err:
         print(f"error: Temporal said: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
 
 
 def main() -> NoReturn:

@@ -16,9 +16,8 @@ from rich.text import Text
 from temporalio.client import Client
 
 from starter import render
-from starter.polling import poll
+from starter.exit_codes import Exit
 from starter.releases import (
-    VERDICT_SECONDS,
     ReleaseRef,
     StageNotFound,
     abandon_release,
@@ -26,21 +25,20 @@ from starter.releases import (
     create_release,
     decide,
     deploy_now,
-    find_outcome,
+    deploy_stage,
     ignore_gate,
     latest_attempt,
     parse_vars,
     release_history,
     release_status,
-    request_deploy,
     settled,
     waiting_on_people,
 )
 from worker.settings import Settings
+from workflows.audit import AuditEvent
 from workflows.pipeline import parse_duration
-from workflows.release import AuditEvent, ReleaseStatus, StageStatus
+from workflows.release import ReleaseStatus, StageStatus
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 FAILED_STATUSES = {StageStatus.FAILED, StageStatus.CANCELED, StageStatus.REJECTED}
 POLL = 0.3
 
@@ -73,7 +71,7 @@ async def create(client: Client, settings: Settings, args: argparse.Namespace) -
             )
         else:
             print(f"created {pipeline} {created.name} ({ref})")
-        return EXIT_OK
+        return Exit.OK
     if not args.json:
         print(f"created {pipeline} {created.name} ({ref})", flush=True)
     status = await _wait_settled(client, ref, live=not args.json)
@@ -112,7 +110,7 @@ def _progress(status: ReleaseStatus) -> Group:
 
 def _exit_code(status: ReleaseStatus) -> int:
     triggered = [v for v in status.stages if v.attempts]
-    return EXIT_FAILED if any(v.status in FAILED_STATUSES for v in triggered) else EXIT_OK
+    return Exit.FAILED if any(v.status in FAILED_STATUSES for v in triggered) else Exit.OK
 
 
 async def list_releases(client: Client, settings: Settings, args: argparse.Namespace) -> int:
@@ -136,7 +134,7 @@ async def list_releases(client: Client, settings: Settings, args: argparse.Names
         render.console().print(render.list_table(rows))
     else:
         print("no releases")
-    return EXIT_OK
+    return Exit.OK
 
 
 async def show(client: Client, settings: Settings, args: argparse.Namespace) -> int:
@@ -148,7 +146,7 @@ async def show(client: Client, settings: Settings, args: argparse.Namespace) -> 
         render.console().print(render.release_view(status))
         if any(v.latest and v.latest.tasks for v in status.stages):
             render.console().print(render.tasks_table(status))
-    return EXIT_OK
+    return Exit.OK
 
 
 async def deploy(
@@ -169,40 +167,22 @@ async def redeploy(
 async def _deploy(
     client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef, redeploy: bool
 ) -> int:
-    request_id = await request_deploy(client, ref, args.stage, settings.user, redeploy=redeploy)
-    return await _report_outcome(client, ref, request_id, args, f"{args.command} {args.stage}")
+    event = await deploy_stage(client, ref, args.stage, settings.user, redeploy=redeploy)
+    return _verdict(ref, f"{args.command} {args.stage}", event, args.json)
 
 
 async def abandon(
     client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
 ) -> int:
-    request_id = await abandon_release(client, ref, settings.user, args.reason)
-    return await _report_outcome(client, ref, request_id, args, "abandon")
-
-
-async def _report_outcome(
-    client: Client, ref: ReleaseRef, request_id: str, args: argparse.Namespace, what: str
-) -> int:
-    """Read back what the release made of our signal: accepted, or refused and why."""
-    event = await poll(lambda: find_outcome(client, ref, request_id), timeout=VERDICT_SECONDS)
-    if event is None:
-        print(f"{what}: sent to {ref}; the release has not handled it yet")
-        return EXIT_OK
-    if args.json:
-        print(event.model_dump_json())
-    elif event.outcome == "accepted":
-        print(f"{ref}: {what} accepted")
-    else:
-        print(f"error: {ref}: {what} refused: {event.detail}", file=sys.stderr)
-    return EXIT_OK if event.outcome == "accepted" else EXIT_USAGE
+    event = await abandon_release(client, ref, settings.user, args.reason)
+    return _verdict(ref, "abandon", event, args.json)
 
 
 async def cancel(
     client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
 ) -> int:
-    attempt = await cancel_stage(client, ref, args.stage, settings.user)
-    print(f"{ref}: canceling {args.stage} (attempt {attempt.attempt})")
-    return EXIT_OK
+    event = await cancel_stage(client, ref, args.stage, settings.user)
+    return _verdict(ref, f"cancel {args.stage}", event, args.json)
 
 
 async def history(
@@ -213,7 +193,7 @@ async def history(
         print(json.dumps([event.model_dump(mode="json") for event in events]))
     else:
         render.console().print(render.history_table(events))
-    return EXIT_OK
+    return Exit.OK
 
 
 async def logs(
@@ -251,17 +231,15 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _verdict(ref: ReleaseRef, what: str, event: AuditEvent | None, as_json: bool) -> int:
-    if event is None:
-        print(f"{what}: sent to {ref}; the deployment has not answered yet")
-        return EXIT_OK
+def _verdict(ref: ReleaseRef, what: str, event: AuditEvent, as_json: bool) -> int:
+    """Print the workflow's answer: accepted (exit 0), or refused and why (exit 2)."""
     if as_json:
         print(event.model_dump_json())
     elif event.outcome == "accepted":
         print(f"{ref}: {what} accepted" + (f" ({event.detail})" if event.detail else ""))
     else:
         print(f"error: {ref}: {what} refused: {event.detail}", file=sys.stderr)
-    return EXIT_OK if event.outcome == "accepted" else EXIT_USAGE
+    return Exit.OK if event.outcome == "accepted" else Exit.USAGE
 
 
 async def approve(
@@ -286,8 +264,8 @@ async def approve_all_mine(client: Client, settings: Settings, args: argparse.Na
     waiting = [w for w in await waiting_on_people(client, settings.user) if w.kind == "approval"]
     if not waiting:
         print(f"nothing is waiting on {settings.user}")
-        return EXIT_OK
-    worst = EXIT_OK
+        return Exit.OK
+    worst = Exit.OK
     for item in waiting:
         event = await decide(
             client,
@@ -339,10 +317,10 @@ async def approvals(client: Client, settings: Settings, args: argparse.Namespace
     ]
     if args.json:
         print(json.dumps(rows))
-        return EXIT_OK
+        return Exit.OK
     if not rows:
         print("nothing is waiting" + (f" on {settings.user}" if args.mine else ""))
-        return EXIT_OK
+        return Exit.OK
     table = Table(show_edge=False, header_style="bold")
     for column in ("release", "stage", "waiting for", "approvers", "deadline (UTC)"):
         table.add_column(column)
@@ -355,7 +333,7 @@ async def approvals(client: Client, settings: Settings, args: argparse.Namespace
             (row["deadline"] or "-")[:16].replace("T", " "),
         )
     render.console().print(table)
-    return EXIT_OK
+    return Exit.OK
 
 
 async def gates(
@@ -369,12 +347,12 @@ async def gates(
     states = [g for g in attempt.gates if g.phase == phase]
     if args.json:
         print(json.dumps([g.model_dump(mode="json") for g in states]))
-        return EXIT_OK
+        return Exit.OK
     if not states:
         print(
             f"{ref} {args.stage}: no {phase}-deployment gates evaluated (attempt {attempt.attempt})"
         )
-        return EXIT_OK
+        return Exit.OK
     for state in states:
         print(
             f"{phase}-deployment gates: {state.status}, deadline {render.when(state.deadline)} UTC"
@@ -392,4 +370,4 @@ async def gates(
                     result.reason,
                 )
         render.console().print(table)
-    return EXIT_OK
+    return Exit.OK

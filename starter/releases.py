@@ -18,6 +18,7 @@ from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowHandle,
+    WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
@@ -25,8 +26,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from starter.artifacts import resolve_artifacts
 from starter.pipeline_loader import load_pipeline
-from starter.polling import poll
 from workflows.approval_policy import Decision
+from workflows.audit import AuditEvent
 from workflows.names import (
     CONTROL_TASK_QUEUE,
     pipeline_workflow_id,
@@ -41,21 +42,21 @@ from workflows.pipeline_workflow import (
 from workflows.release import (
     WAITING_ON_PEOPLE,
     AbandonRequest,
-    AuditEvent,
     CancelRequest,
     DeployNow,
     DeployRequest,
     GateIgnore,
+    LateDecision,
     ReleaseSpec,
     ReleaseStatus,
     StageAttempt,
     StageStatus,
+    release_status_of,
 )
 from workflows.release_workflow import ReleaseWorkflow
 from workflows.stage_workflow import StageWorkflow
 
 CREATE_RETRY_SECONDS = 120
-VERDICT_SECONDS = 15  # how long to wait for a workflow to record a decision
 RETRYABLE_RPC = {
     RPCStatusCode.RESOURCE_EXHAUSTED,
     RPCStatusCode.UNAVAILABLE,
@@ -69,6 +70,14 @@ class ReleaseNotFound(LookupError):
 
 class StageNotFound(LookupError):
     pass
+
+
+class ReleaseClosed(LookupError):
+    """The release (and so every deployment of it) has ended: nothing more can be decided."""
+
+
+class WorkflowClosed(Exception):
+    """The workflow an update was sent to has completed."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,8 @@ async def release_status(client: Client, ref: ReleaseRef, live: bool = True) -> 
                     # follows it), the stage still counts as in progress.
                     view.status = progress.status if not progress.status.is_final else view.status
                     view.attempts[-1] = progress.model_copy(update={"status": view.status})
+        # The release knows a stage runs; the stage knows it waits on a person.
+        status.status = release_status_of(status.stages, status.state)
     return status
 
 
@@ -211,50 +222,94 @@ async def release_history(client: Client, ref: ReleaseRef) -> list[AuditEvent]:
     return sorted(events, key=lambda event: event.time)
 
 
-async def request_deploy(
+async def deploy_stage(
     client: Client, ref: ReleaseRef, stage: str, user: str, *, redeploy: bool = False
-) -> str:
-    """Signal deploy/redeploy; returns the request id to find the outcome in history."""
+) -> AuditEvent:
+    """Deploy (or redeploy) a stage of a release; returns the release's verdict."""
     status = await release_status(client, ref, live=False)
-    names = [view.name for view in status.stages]
-    if stage not in names:
-        raise StageNotFound(f"release {ref} has no stage {stage!r} (stages: {', '.join(names)})")
+    _stage_of(status, ref, stage)
     request = DeployRequest(stage=stage, by=user, request_id=uuid.uuid4().hex)
-    signal = ReleaseWorkflow.redeploy if redeploy else ReleaseWorkflow.deploy
-    await release_handle(client, ref).signal(signal, request)
-    return request.request_id or ""
+    method = ReleaseWorkflow.redeploy if redeploy else ReleaseWorkflow.deploy
+    return await _release_update(client, status, method, request)
 
 
-async def abandon_release(client: Client, ref: ReleaseRef, user: str, reason: str = "") -> str:
-    await release_status(client, ref, live=False)
-    request = AbandonRequest(by=user, reason=reason, request_id=uuid.uuid4().hex)
-    await release_handle(client, ref).signal(ReleaseWorkflow.abandon, request)
-    return request.request_id or ""
-
-
-async def cancel_stage(client: Client, ref: ReleaseRef, stage: str, user: str) -> StageAttempt:
-    """Cancel the running deployment of a stage; returns the attempt being canceled."""
+async def abandon_release(
+    client: Client, ref: ReleaseRef, user: str, reason: str = ""
+) -> AuditEvent:
     status = await release_status(client, ref, live=False)
+    request = AbandonRequest(by=user, reason=reason, request_id=uuid.uuid4().hex)
+    return await _release_update(client, status, ReleaseWorkflow.abandon, request)
+
+
+async def cancel_stage(client: Client, ref: ReleaseRef, stage: str, user: str) -> AuditEvent:
+    """Cancel the running deployment of a stage; returns the deployment's verdict."""
+    request = CancelRequest(by=user, request_id=uuid.uuid4().hex)
+    return await _act_on_stage(client, ref, stage, "cancel", StageWorkflow.cancel, request)
+
+
+async def _release_update(
+    client: Client, status: ReleaseStatus, method: Any, arg: Any
+) -> AuditEvent:
+    ref = ReleaseRef(status.pipeline, status.number)
     try:
-        view = status.stage(stage)
+        return await _update(release_handle(client, ref), method, arg)
+    except WorkflowClosed:
+        raise ReleaseClosed(
+            f"release {ref} is {_ended(status)}: nothing more can be done"
+        ) from None
+
+
+async def _act_on_stage(
+    client: Client, ref: ReleaseRef, stage: str, action: str, method: Any, request: Any
+) -> AuditEvent:
+    """Send a person's action to the stage's latest deployment and return its verdict.
+
+    A deployment that has ended cannot answer; its release does (and records
+    the refusal); a release that has ended too is one clear error.
+    """
+    status = await release_status(client, ref, live=False)
+    view = _stage_of(status, ref, stage)
+    latest = view.latest
+    if latest is not None and not latest.status.is_final:
+        handle = client.get_workflow_handle_for(StageWorkflow.run, latest.workflow_id)
+        try:
+            return await _update(handle, method, request)
+        except WorkflowClosed:
+            pass  # it has just ended: the release answers
+    late = LateDecision(stage=stage, action=action, by=request.by, request_id=request.request_id)
+    try:
+        return await _update(release_handle(client, ref), ReleaseWorkflow.late_decision, late)
+    except WorkflowClosed:
+        state = f"{latest.status.value} (attempt {latest.attempt})" if latest else "not deployed"
+        raise ReleaseClosed(
+            f"release {ref} is {_ended(status)} and stage {stage!r} is {state}: "
+            f"nothing to {action.replace('_', ' ')}"
+        ) from None
+
+
+async def _update(handle: WorkflowHandle[Any, Any], method: Any, arg: Any) -> AuditEvent:
+    try:
+        return await handle.execute_update(method, arg)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise WorkflowClosed(str(err)) from err
+        raise
+    except WorkflowUpdateFailedError as err:
+        if "completed" in str(err.cause or err).lower():
+            raise WorkflowClosed(str(err)) from err
+        raise
+
+
+def _ended(status: ReleaseStatus) -> str:
+    return status.state if status.state != "active" else "closed"
+
+
+def _stage_of(status: ReleaseStatus, ref: ReleaseRef, stage: str) -> Any:
+    try:
+        return status.stage(stage)
     except KeyError as err:
         names = ", ".join(v.name for v in status.stages)
         raise StageNotFound(f"release {ref} has no stage {stage!r} (stages: {names})") from err
-    latest = view.latest
-    if latest is None or latest.status.is_final:
-        raise StageNotFound(f"stage {stage!r} of {ref} is not being deployed ({view.status.value})")
-    await client.get_workflow_handle_for(StageWorkflow.run, latest.workflow_id).signal(
-        StageWorkflow.cancel, CancelRequest(by=user)
-    )
-    return latest
-
-
-async def find_outcome(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent | None:
-    """The audit event a signal with this request id produced, once the release handled it."""
-    for event in await release_handle(client, ref).query(ReleaseWorkflow.history):
-        if event.request_id == request_id:
-            return event
-    return None
 
 
 def settled(status: ReleaseStatus, stages: list[str] | None = None) -> bool:
@@ -269,29 +324,10 @@ def settled(status: ReleaseStatus, stages: list[str] | None = None) -> bool:
 async def latest_attempt(client: Client, ref: ReleaseRef, stage: str) -> StageAttempt:
     """The stage's latest deployment, live; StageNotFound if none or no such stage."""
     status = await release_status(client, ref)
-    try:
-        view = status.stage(stage)
-    except KeyError as err:
-        names = ", ".join(v.name for v in status.stages)
-        raise StageNotFound(f"release {ref} has no stage {stage!r} (stages: {names})") from err
+    view = _stage_of(status, ref, stage)
     if view.latest is None:
         raise StageNotFound(f"stage {stage!r} of {ref} has not been deployed")
     return view.latest
-
-
-async def signal_stage(
-    client: Client, attempt: StageAttempt, signal: str, payload: Any, request_id: str
-) -> AuditEvent | None:
-    """Signal a deployment and read back its verdict (accepted or refused, and why)."""
-    handle = client.get_workflow_handle_for(StageWorkflow.run, attempt.workflow_id)
-    await handle.signal(signal, payload)
-
-    async def verdict() -> AuditEvent | None:
-        progress = await stage_progress(client, attempt.workflow_id)
-        events = progress.events if progress else []
-        return next((e for e in events if e.request_id == request_id), None)
-
-    return await poll(verdict, timeout=VERDICT_SECONDS)
 
 
 async def decide(
@@ -304,36 +340,35 @@ async def decide(
     phase: str = "pre",
     comment: str = "",
     defer_until: datetime | None = None,
-) -> AuditEvent | None:
+) -> AuditEvent:
     """approve / reject / resume a deployment of a stage; returns the recorded verdict."""
-    attempt = await latest_attempt(client, ref, stage)
-    if attempt.status.is_final:
-        raise StageNotFound(
-            f"stage {stage!r} of {ref} is {attempt.status.value} (attempt {attempt.attempt}): "
-            "nothing to decide"
-        )
-    request_id = uuid.uuid4().hex
     decision = Decision(
-        by=user, phase=phase, comment=comment, defer_until=defer_until, request_id=request_id
+        by=user,
+        phase=phase,  # type: ignore[arg-type]
+        comment=comment,
+        defer_until=defer_until,
+        request_id=uuid.uuid4().hex,
     )
-    return await signal_stage(client, attempt, action, decision, request_id)
+    methods = {
+        "approve": StageWorkflow.approve,
+        "reject": StageWorkflow.reject,
+        "resume": StageWorkflow.resume,
+    }
+    return await _act_on_stage(client, ref, stage, action, methods[action], decision)
 
 
-async def deploy_now(client: Client, ref: ReleaseRef, stage: str, user: str) -> AuditEvent | None:
-    attempt = await latest_attempt(client, ref, stage)
-    request_id = uuid.uuid4().hex
-    return await signal_stage(
-        client, attempt, "deploy_now", DeployNow(by=user, request_id=request_id), request_id
-    )
+async def deploy_now(client: Client, ref: ReleaseRef, stage: str, user: str) -> AuditEvent:
+    request = DeployNow(by=user, request_id=uuid.uuid4().hex)
+    return await _act_on_stage(client, ref, stage, "deploy_now", StageWorkflow.deploy_now, request)
 
 
 async def ignore_gate(
     client: Client, ref: ReleaseRef, stage: str, user: str, check: str, phase: str = "pre"
-) -> AuditEvent | None:
-    attempt = await latest_attempt(client, ref, stage)
-    request_id = uuid.uuid4().hex
-    request = GateIgnore(check=check, by=user, phase=phase, request_id=request_id)
-    return await signal_stage(client, attempt, "ignore_gate", request, request_id)
+) -> AuditEvent:
+    request = GateIgnore(check=check, by=user, phase=phase, request_id=uuid.uuid4().hex)
+    return await _act_on_stage(
+        client, ref, stage, "ignore_gate", StageWorkflow.ignore_gate, request
+    )
 
 
 @dataclass

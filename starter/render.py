@@ -45,9 +45,21 @@ def took(duration: timedelta | None) -> str:
 
 
 def next_action(ref: str, view: StageView) -> str:
-    """What a person can do next with this stage, as the command to type."""
-    if view.status in (StageStatus.QUEUED, StageStatus.IN_PROGRESS):
-        return f"stageflow cancel {ref} {view.name}"
+    """What a person can do next with this stage, as the command that works in its state."""
+    latest = view.latest
+    if view.status == StageStatus.WAITING_FOR_APPROVAL:
+        pending = [a for a in (latest.approvals if latest else []) if a.status == "pending"]
+        post = " --post" if pending and pending[-1].phase == "post" else ""
+        return f"stageflow approve {ref} {view.name}{post}"
+    if view.status == StageStatus.DEFERRED:
+        return f"stageflow deploy {ref} {view.name} --now"
+    if view.status == StageStatus.WAITING_FOR_INTERVENTION:
+        return f"stageflow resume {ref} {view.name}"
+    if view.status == StageStatus.EVALUATING_GATES:
+        post = " --post" if latest and latest.gates and latest.gates[-1].phase == "post" else ""
+        return f"stageflow gates {ref} {view.name}{post}"
+    if not view.status.is_final and view.status != StageStatus.NOT_DEPLOYED:
+        return f"stageflow cancel {ref} {view.name}"  # queued, in progress, scheduled
     if view.status == StageStatus.NOT_DEPLOYED:
         return f"stageflow deploy {ref} {view.name}"
     return f"stageflow redeploy {ref} {view.name}"

@@ -15,7 +15,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.service import RPCError
 
 from starter.pipeline_loader import InvalidPipeline
-from starter.releases import ReleaseRef, request_deploy
+from starter.releases import ReleaseRef, deploy_stage
 from tests.conftest import Stack, wait_for
 from workflows.release import ReleaseStatus, StageStatus, TaskStatus
 
@@ -189,7 +189,7 @@ async def test_failing_task_fails_stage_then_redeploy_after_fix_succeeds(stack: 
     assert (stack.root / "cleaned").read_text() == "cleaned\n"
 
     (stack.root / "fixed").touch()
-    await request_deploy(stack.client, ref, "qa", "tester", redeploy=True)
+    await deploy_stage(stack.client, ref, "qa", "tester", redeploy=True)
 
     async def qa_attempt_2_done() -> ReleaseStatus | None:
         current = await stack.status(ref)
@@ -245,7 +245,7 @@ async def test_until_stops_before_prod_and_manual_stage_waits_for_deploy(stack: 
         "hotfix-check": "not_deployed",
     }
 
-    await request_deploy(stack.client, ref, "hotfix-check", "carol")
+    await deploy_stage(stack.client, ref, "hotfix-check", "carol")
 
     async def manual_done() -> ReleaseStatus | None:
         current = await stack.status(ref)
@@ -257,7 +257,7 @@ async def test_until_stops_before_prod_and_manual_stage_waits_for_deploy(stack: 
     assert check.status == StageStatus.SUCCEEDED
     assert status.stage("prod").status == StageStatus.NOT_DEPLOYED  # still past the target
 
-    await request_deploy(stack.client, ref, "prod", "carol")
+    await deploy_stage(stack.client, ref, "prod", "carol")
 
     async def prod_done() -> ReleaseStatus | None:
         current = await stack.status(ref)

@@ -20,9 +20,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 from temporalio.testing import ActivityEnvironment
 
-from activities.notify import Notifier, approve_command, reject_command
+from activities.notify import Notifier
 from worker.settings import SmtpSettings
 from workflows.control_api import NotificationRequest, Recipient, ReleaseSummary
+from workflows.mail import approve_command, reject_command
 from workflows.release import ResolvedArtifact
 
 ALICE = Recipient(user="alice", email="alice@example.com")

@@ -79,8 +79,11 @@ async def test_abandon_closes_the_release_and_refuses_later_deploys(
         id=f"release/timers/{queue}",
         task_queue=queue,
     )
-    await handle.signal(ReleaseWorkflow.abandon, AbandonRequest(by="bob", reason="bad build"))
-    await handle.signal(ReleaseWorkflow.deploy, DeployRequest(stage="dev", by="carol"))
+    # The signals releases started before updates were sent: still taken.
+    await handle.signal(
+        ReleaseWorkflow.abandon_signal, AbandonRequest(by="bob", reason="bad build")
+    )
+    await handle.signal(ReleaseWorkflow.deploy_signal, DeployRequest(stage="dev", by="carol"))
     async with Worker(
         time_skipping.client, task_queue=queue, workflows=WORKFLOWS, workflow_runner=SANDBOX
     ):

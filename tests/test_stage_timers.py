@@ -154,16 +154,22 @@ async def test_deferral_holds_the_deployment_until_the_time_then_deploys(world: 
     )
     await status_is(handle, StageStatus.WAITING_FOR_APPROVAL)
     defer_until = (await world.now() + timedelta(days=2)).replace(microsecond=0)
-    await handle.signal(StageWorkflow.approve, Decision(by="alice", defer_until=defer_until))
+    accepted = await handle.execute_update(
+        StageWorkflow.approve, Decision(by="alice", defer_until=defer_until)
+    )
+    assert accepted.outcome == "accepted" and "deferred until" in accepted.detail
     deferred = await status_is(handle, StageStatus.DEFERRED)
     assert deferred.waiting_until == defer_until
-    # Another approver cannot cut the deferral short by approving again.
-    await handle.signal(StageWorkflow.approve, Decision(by="bob"))
+    # Another approver cannot cut the deferral short by approving again: the answer says why.
+    refused = await handle.execute_update(StageWorkflow.approve, Decision(by="bob"))
+    assert (refused.outcome, refused.detail) == (
+        "refused",
+        "the pre-deployment approval is not pending (approved)",
+    )
     result = await finish(handle)
     assert result.status == StageStatus.SUCCEEDED
     assert result.tasks[0].started_at is not None and result.tasks[0].started_at >= defer_until
-    refused = [e for e in result.events if e.actor == "bob"]
-    assert refused and refused[0].outcome == "refused"
+    assert [e.outcome for e in result.events if e.actor == "bob"] == ["refused"]
 
 
 class Health:
@@ -347,7 +353,9 @@ async def test_manual_intervention_timeout_does_what_on_timeout_says(
         assert deploy.status == TaskStatus.SUCCEEDED
 
 
-async def test_resume_signal_continues_a_manual_intervention(world: TimerWorld) -> None:
+async def test_resume_continues_a_manual_intervention_by_update_or_old_signal(
+    world: TimerWorld,
+) -> None:
     handle = await world.start(
         {
             "tasks": [
@@ -364,9 +372,13 @@ async def test_resume_signal_continues_a_manual_intervention(world: TimerWorld) 
         }
     )
     await status_is(handle, StageStatus.WAITING_FOR_INTERVENTION)
-    await handle.signal(StageWorkflow.resume, Decision(by="mallory", request_id="r1"))
+    refused = await handle.execute_update(
+        StageWorkflow.resume, Decision(by="mallory", request_id="r1")
+    )
+    assert refused.outcome == "refused" and "mallory may not decide" in refused.detail
+    # The signal releases started before updates were sent still decides.
     await handle.signal(
-        StageWorkflow.resume, Decision(by="alice", comment="looks fine", request_id="r2")
+        StageWorkflow.resume_signal, Decision(by="alice", comment="looks fine", request_id="r2")
     )
     result = await finish(handle)
     assert result.status == StageStatus.SUCCEEDED

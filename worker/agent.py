@@ -9,8 +9,10 @@ import asyncio
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -63,19 +65,14 @@ async def run_agent(
     pool_worker = Worker(
         client,
         task_queue=pool_queue(options.pool),
-        activities=[activities.lease_agent, run_check],
+        activities=pool_activities(activities),
         max_concurrent_activities=options.capacity,
         identity=f"{agent_id} pid {os.getpid()}@{socket.gethostname()} pool {options.pool}",
     )
     step_worker = Worker(
         client,
         task_queue=agent_queue(agent_id),
-        activities=[
-            activities.download_artifacts,
-            activities.run_task,
-            activities.ship_logs,
-            activities.cleanup,
-        ],
+        activities=step_activities(activities),
         max_concurrent_activities=max(4, options.capacity * 4),
         identity=f"{agent_id} pid {os.getpid()}@{socket.gethostname()}",
     )
@@ -86,3 +83,13 @@ async def run_agent(
             flush=True,
         )
         await stop.wait()
+
+
+def pool_activities(agent: AgentActivities) -> list[Callable[..., Any]]:
+    """What an agent serves on `pool/<pool>`: leases, and script gate checks."""
+    return [agent.lease_agent, run_check]
+
+
+def step_activities(agent: AgentActivities) -> list[Callable[..., Any]]:
+    """What an agent serves on its own `agent/<id>` queue: the steps of a leased job."""
+    return [agent.download_artifacts, agent.run_task, agent.ship_logs, agent.cleanup]

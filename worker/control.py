@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -39,7 +41,7 @@ def control_worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=[plan_start, notifier.send_notification, check_http],
+        activities=control_activities(notifier),
         workflow_runner=SANDBOX,
         max_concurrent_workflow_tasks=100,
     )
@@ -51,3 +53,8 @@ async def run_control_worker(
     """Run until `stop` is set; running workflows simply continue on another worker."""
     async with control_worker(client, settings, settings.task_queue, web_ui):
         await stop.wait()
+
+
+def control_activities(notifier: Notifier) -> list[Callable[..., Any]]:
+    """What the control worker serves beside the workflows: plan a start, mail, HTTP checks."""
+    return [plan_start, notifier.send_notification, check_http]
