@@ -407,7 +407,10 @@ async def test_ignore_gate_deploy_now_and_resume_from_the_command_line(
     outsider = await asyncio.to_thread(
         stack.cli, "--as", "bob", "gates", ref, "prod", "--ignore", "never-healthy"
     )
-    assert outsider.returncode == 2 and "bob is not an approver" in outsider.stderr
+    assert (
+        outsider.returncode == 2
+        and "bob may not ignore pre-deployment gates (who may: alice)" in outsider.stderr
+    )
     ignored = await asyncio.to_thread(
         stack.cli, "--as", "alice", "gates", ref, "prod", "--ignore", "never-healthy"
     )

@@ -179,7 +179,7 @@ async def test_deploy_redeploy_cancel_abandon_and_follow_logs(stack: Stack) -> N
     ok(await asyncio.to_thread(stack.cli, "redeploy", ref, "prod"))
     await wait_for(prod_running, what="prod running again")
     out = ok(await asyncio.to_thread(stack.cli, "--as", "frank", "cancel", ref, "prod"))
-    assert "canceling prod (attempt 2)" in out
+    assert f"{ref}: cancel prod accepted (attempt 2)" in out
 
     async def prod_canceled() -> dict[str, object] | None:
         shown = json.loads(ok(await asyncio.to_thread(stack.cli, "--json", "release", "show", ref)))

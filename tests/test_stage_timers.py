@@ -9,6 +9,8 @@ tasks are real subprocesses.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -385,3 +387,55 @@ async def test_resume_continues_a_manual_intervention_by_update_or_old_signal(
     verdicts = {e.request_id: (e.actor, e.outcome) for e in result.events}
     assert verdicts == {"r1": ("mallory", "refused"), "r2": ("alice", "accepted")}
     assert asyncio.iscoroutinefunction(plan_start)
+
+
+async def test_schedule_approval_gate_and_intervention_in_one_deployment(world: TimerWorld) -> None:
+    """Every kind of wait in one deployment, decided by updates; its history is recorded
+    (STAGEFLOW_RECORD_HISTORIES=1) so later workflow changes must replay it."""
+    with Health(unhealthy_first=1) as health:
+        handle = await world.start(
+            {
+                "schedule": {"time": "03:00"},
+                "pre_deployment": {
+                    "approvals": {"approvers": ["alice", "bob"], "policy": "sequence"},
+                    **gates(health.url, interval="10m"),
+                },
+                "tasks": [
+                    {
+                        "name": "look",
+                        "manual_intervention": {"instructions": "ok?", "approvers": ["alice"]},
+                    },
+                    *ECHO,
+                ],
+            },
+            users={"alice": {"email": "alice@example.test"}, "bob": {"email": "bob@example.test"}},
+        )
+        scheduled = await status_is(handle, StageStatus.SCHEDULED)
+        assert scheduled.waiting_until is not None
+        await world.env.sleep(scheduled.waiting_until - await world.now())
+        await status_is(handle, StageStatus.WAITING_FOR_APPROVAL)
+        for user in ("alice", "bob"):
+            verdict = await handle.execute_update(StageWorkflow.approve, Decision(by=user))
+            assert verdict.outcome == "accepted", verdict
+        await status_is(handle, StageStatus.EVALUATING_GATES)
+        await world.env.sleep(timedelta(minutes=11))  # the second sample is healthy
+        await status_is(handle, StageStatus.WAITING_FOR_INTERVENTION)
+        verdict = await handle.execute_update(StageWorkflow.resume, Decision(by="alice"))
+        assert verdict.outcome == "accepted", verdict
+        result = await finish(handle)
+    assert result.status == StageStatus.SUCCEEDED
+    assert [g.status for g in result.gates] == ["passed"]
+    assert result.gates[0].evaluation_count == 2
+    assert [(t.task, t.status) for t in result.tasks] == [
+        ("look", "succeeded"),
+        ("deploy", "succeeded"),
+    ]
+    # Under `sequence` bob is mailed when his turn comes: two approval mails, one each.
+    mails = sorted((world.root / "outbox").glob("*.eml"))
+    approval_mails = [m for m in mails if "Approve" in m.read_text()]
+    assert len(approval_mails) == 2
+    if os.environ.get("STAGEFLOW_RECORD_HISTORIES"):
+        history = await handle.fetch_history()
+        data = {"workflow_id": history.workflow_id, **json.loads(history.to_json())}
+        path = Path(__file__).parent / "histories" / "conditions-0-StageWorkflow.json"
+        path.write_text(json.dumps(data, indent=1))

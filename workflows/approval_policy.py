@@ -107,7 +107,8 @@ class ApprovalPolicy:
             return True, "", turn
         satisfiable = [i for i in mine if i in open_entries]
         if not satisfiable:
-            return False, f"{user} has approved already", None
+            done = ", ".join(entries[i] for i in mine)
+            return False, f"{done} approved already (for {user} too)", None
         return True, "", satisfiable[0]
 
     def apply(self, state: ApprovalState, entry: int, approve: bool) -> None:

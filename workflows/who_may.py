@@ -63,14 +63,15 @@ def judge_approval(
     """(refusal reason or None, the approver entry the decision satisfies)."""
     state = next((a for a in approvals if a.phase == phase), None)
     policy = deciders.policy(phase)
+    other = "post" if phase == "pre" else "pre"
+    hint = ""
+    if any(a.phase == other and a.status == "pending" for a in approvals):
+        hint = f"; the {other}-deployment approval is (use {'--post' if other == 'post' else 'no --post'})"
     if state is None or policy is None or state.status == "skipped":
-        reason = f"no {phase}-deployment approval is pending"
-        other = "post" if phase == "pre" else "pre"
-        if any(a.phase == other and a.status == "pending" for a in approvals):
-            flag = "--post" if other == "post" else "no --post"
-            reason += f"; the {other}-deployment approval is (use {flag})"
-        return reason, None
+        return f"no {phase}-deployment approval is pending{hint}", None
     accepted, reason, entry = policy.judge(state, user, approve)
+    if not accepted and state.status != "pending":
+        reason += hint
     return (None, entry) if accepted else (reason, None)
 
 
