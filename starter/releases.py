@@ -413,60 +413,25 @@ async def waiting_on_people(client: Client, user: str | None = None) -> list[Wai
 def _waits_of(
     ref: ReleaseRef, spec: ReleaseSpec, stage: str, progress: StageAttempt
 ) -> list[Waiting]:
-    def users(entries: list[str]) -> list[str]:
-        return [u for entry in entries for u in spec.pipeline.members(entry)]
+    def waiting(kind: str, phase: str, entries: list[str], deadline: datetime | None) -> Waiting:
+        users = [u for entry in entries for u in spec.pipeline.members(entry)]
+        return Waiting(ref, spec.name, stage, progress, kind, phase, entries, users, deadline)
 
-    waits = []
-    for approval in progress.approvals:
-        if approval.status == "pending":
-            waits.append(
-                Waiting(
-                    ref,
-                    spec.name,
-                    stage,
-                    progress,
-                    "approval",
-                    approval.phase,
-                    approval.waiting_for,
-                    users(approval.waiting_for),
-                    approval.deadline,
-                )
-            )
+    waits = [
+        waiting("approval", a.phase, a.waiting_for, a.deadline)
+        for a in progress.approvals
+        if a.status == "pending"
+    ]
     if progress.status == StageStatus.WAITING_FOR_INTERVENTION:
         task = next((t for t in progress.tasks if t.status == "in_progress"), None)
-        definition = spec.pipeline.stage(stage)
         entries: list[str] = []
-        for job in definition.all_jobs():
+        for job in spec.pipeline.stage(stage).all_jobs():
             for candidate in job.tasks:
                 if task and candidate.name == task.task and candidate.manual_intervention:
                     entries = candidate.manual_intervention.approvers
-        waits.append(
-            Waiting(
-                ref,
-                spec.name,
-                stage,
-                progress,
-                "intervention",
-                "",
-                entries,
-                users(entries) if entries else [],
-                progress.waiting_until,
-            )
-        )
+        waits.append(waiting("intervention", "", entries, progress.waiting_until))
     if progress.status == StageStatus.DEFERRED:
         approval = progress.approval("pre")
         entries = approval.approvers if approval else []
-        waits.append(
-            Waiting(
-                ref,
-                spec.name,
-                stage,
-                progress,
-                "deferred",
-                "pre",
-                entries,
-                users(entries),
-                progress.waiting_until,
-            )
-        )
+        waits.append(waiting("deferred", "pre", entries, progress.waiting_until))
     return waits

@@ -11,6 +11,7 @@ The workflows start `send_notification` with what these functions return.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
@@ -97,23 +98,20 @@ def approval_mails(
 ) -> list[NotificationRequest]:
     """One mail per approver: each carries that approver's own commands."""
     post = state.phase == "post"
-    found = []
-    for user in users:
-        request = mail(
-            spec,
-            stage,
-            attempt,
-            "approval_pending",
-            [user],
-            phase=state.phase,
-            deadline=state.deadline,
-            approvers=state.approvers,
-            command=approve_command(spec.reference, stage, user, post),
-            reject_command=reject_command(spec.reference, stage, user, post),
-        )
-        if request is not None:
-            found.append(request)
-    return found
+    return _one_each(
+        spec,
+        stage,
+        attempt,
+        "approval_pending",
+        users,
+        lambda user: {
+            "phase": state.phase,
+            "deadline": state.deadline,
+            "approvers": state.approvers,
+            "command": approve_command(spec.reference, stage, user, post),
+            "reject_command": reject_command(spec.reference, stage, user, post),
+        },
+    )
 
 
 def waiting_notice(
@@ -142,23 +140,33 @@ def intervention_mails(
     users: list[str],
 ) -> list[NotificationRequest]:
     """One mail per person who may decide the intervention, with their commands."""
-    found = []
-    for user in users:
-        request = mail(
-            spec,
-            stage,
-            attempt,
-            "intervention_pending",
-            [user],
-            deadline=deadline,
-            approvers=intervention.approvers,
-            command=resume_command(spec.reference, stage, user),
-            instructions=intervention.instructions,
-            reject_command=reject_command(spec.reference, stage, user, post=False),
-        )
-        if request is not None:
-            found.append(request)
-    return found
+    return _one_each(
+        spec,
+        stage,
+        attempt,
+        "intervention_pending",
+        users,
+        lambda user: {
+            "deadline": deadline,
+            "approvers": intervention.approvers,
+            "command": resume_command(spec.reference, stage, user),
+            "instructions": intervention.instructions,
+            "reject_command": reject_command(spec.reference, stage, user, post=False),
+        },
+    )
+
+
+def _one_each(
+    spec: ReleaseSpec,
+    stage: str,
+    attempt: int,
+    kind: Kind,
+    users: list[str],
+    fields: Callable[[str], dict[str, object]],
+) -> list[NotificationRequest]:
+    """A mail of its own per user (each names that user's commands); none without an address."""
+    found = (mail(spec, stage, attempt, kind, [user], **fields(user)) for user in users)
+    return [request for request in found if request is not None]
 
 
 def mail_summary(request: NotificationRequest) -> str:
