@@ -8,7 +8,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from activities.logs import DirectoryLogStore, read_log
+from activities.log_store import DirectoryLogStore, read_log
 from starter.releases import stage_progress
 from worker.settings import Settings
 from workflows.release import ReleaseStatus, StageAttempt, TaskRun, TaskStatus

@@ -17,7 +17,7 @@ from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from activities.gate_checks import run_check
-from activities.logs import DirectoryLogStore
+from activities.log_store import DirectoryLogStore
 from worker.settings import Settings
 from workflows.names import agent_queue, pool_queue
 
