@@ -19,6 +19,7 @@ from activities.log_store import (
     read_log,
 )
 from activities.logs import TAIL_BYTES, LogWriter, SecretMasker
+from starter.logs import try_logs
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
 
@@ -359,3 +360,37 @@ def test_link_across_file_systems_is_refused_and_put_copies(tmp_path: Path) -> N
         )
     finally:
         shutil.rmtree(other)
+
+
+def test_try_logs_lists_every_try_of_exactly_one_task_in_run_order(tmp_path: Path) -> None:
+    local = tmp_path / "task.log"
+    local.write_bytes(b"x\n")
+    store = DirectoryLogStore(tmp_path / "logs")
+    job = "webapp/42/dev/1/job"
+    for name in [
+        "01-deploy.job2.try2.log",
+        "01-deploy.try2.log",
+        "01-deploy.job2.log",
+        "01-deploy.log",
+        "01-deploy.try10.log",
+        "01-deploy-db.log",
+        "01-deploy-db.try2.log",
+        "01-deployer.log",
+        "02-deploy.log",
+    ]:
+        store.put(f"{job}/{name}", local)
+
+    found = try_logs(store, f"{job}/01-deploy")
+    assert [(log.key.rpartition("/")[2], log.label) for log in found] == [
+        ("01-deploy.log", "try 1"),
+        ("01-deploy.try2.log", "try 2"),
+        ("01-deploy.try10.log", "try 10"),
+        ("01-deploy.job2.log", "job try 2, try 1"),
+        ("01-deploy.job2.try2.log", "job try 2, try 2"),
+    ]
+    assert [log.key for log in try_logs(store, f"{job}/01-deploy-db")] == [
+        f"{job}/01-deploy-db.log",
+        f"{job}/01-deploy-db.try2.log",
+    ]
+    assert try_logs(store, f"{job}/03-missing") == []
+    assert try_logs(store, "webapp/43/dev/1/job/01-deploy") == []
