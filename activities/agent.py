@@ -51,7 +51,15 @@ from workflows.names import agent_queue
 from workflows.pipeline import SecretRef, Task
 
 T = TypeVar("T")
-HEARTBEAT_EVERY = 1.0  # the SDK throttles the actual RPCs to 0.8 x heartbeat timeout
+# A step's cancellation reaches the agent only in the answer to a heartbeat, and the
+# SDK sends a heartbeat at most every min(0.8 x heartbeat timeout, the worker's
+# max_heartbeat_throttle_interval): steps heartbeat this often, and the agent's step
+# worker sends at most one heartbeat per HEARTBEAT_THROTTLE, so a cancel stops a task
+# within about HEARTBEAT_THROTTLE (plus the round trips) at ~3 heartbeats a second.
+HEARTBEAT_EVERY = 0.2
+HEARTBEAT_THROTTLE = timedelta(seconds=0.3)
+# The lease is cancelled only when its job is over: no hurry, one heartbeat a second.
+LEASE_HEARTBEAT_EVERY = 1.0
 
 
 @dataclass
@@ -129,7 +137,7 @@ class AgentActivities:
             while not lease.done.is_set():
                 activity.heartbeat(f"running job {context.job} of {context.stage}")
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(lease.done.wait(), timeout=HEARTBEAT_EVERY)
+                    await asyncio.wait_for(lease.done.wait(), timeout=LEASE_HEARTBEAT_EVERY)
             return LeaseResult(agent_id=self.agent_id, ended="completed")
         finally:
             self._leases.pop(context.lease_id, None)
@@ -257,6 +265,7 @@ class AgentActivities:
                             log_path=str(log_path),
                         )
                     ),
+                    progress_interval=HEARTBEAT_EVERY,
                 )
                 message = (
                     f"timed out after {task.timeout}"

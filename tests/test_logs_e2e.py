@@ -1,6 +1,6 @@
 """Task logs end to end, as `stageflow logs` shows them: every try, the log of a canceled
-task and of a lost agent kept and marked as cut short, pipes and bad attempts. Real dev
-server, control worker and agent processes."""
+task and of a lost agent kept and marked as cut short, pipes and bad attempts; and a
+cancel that stops the task at once. Real dev server, control worker and agent processes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -20,6 +21,18 @@ from workflows.release import StageStatus
 CUT_SHORT = "##[stageflow] --- cut short: the log ends here (agent lost or task killed)"
 
 
+def group_alive(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    alive = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return alive
+
+
 async def read_pid(stack: Stack, name: str = "task.pid") -> int:
     async def pid() -> int:
         path = stack.root / name
@@ -27,6 +40,15 @@ async def read_pid(stack: Stack, name: str = "task.pid") -> int:
         return int(text) if text else 0
 
     return await wait_for(pid, what=f"the task to write {name}")
+
+
+async def heartbeated(stack: Stack, workflow_id: str) -> bool:
+    """The running `run_task` activity of a stage has heartbeated."""
+    description = await stack.client.get_workflow_handle(workflow_id).describe()
+    return any(
+        pending.activity_type.name == "run_task" and pending.heartbeat_details.payloads
+        for pending in description.raw_description.pending_activities
+    )
 
 
 def logs(stack: Stack, ref: ReleaseRef, *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,6 +68,34 @@ SLEEPER = """
               echo $$ > "$DIR/task.pid"
               sleep 300
 """
+
+
+@pytest.mark.e2e
+async def test_cancel_stops_the_running_task_within_a_second(stack: Stack) -> None:
+    pipeline = stack.write_pipeline(SLEEPER.format(suffix=stack.suffix, dir=stack.root))
+    await stack.start_worker()
+    await stack.start_agent("a1")
+    ref, _ = await stack.create(pipeline)
+    pgid = await read_pid(stack)
+    assert group_alive(pgid), "the task's processes run"
+    # Once the task has heartbeated, the next heartbeat (which brings the cancel) is
+    # the throttled one: that is the delay this pins.
+    attempt = (await stack.status(ref)).stage("dev").latest
+    assert attempt is not None
+    await wait_for(
+        lambda: heartbeated(stack, attempt.workflow_id), what="the task's first heartbeat"
+    )
+
+    started = time.monotonic()
+    await cancel_stage(stack.client, ref, "dev", "dave")
+
+    async def group_gone() -> bool:
+        return not group_alive(pgid)
+
+    await wait_for(group_gone, timeout=1.0, what=f"task process group {pgid} to die")
+    print(f"\ncancel to task process dead: {time.monotonic() - started:.2f}s")
+    status = await stack.wait_settled(ref)
+    assert status.stage("dev").status == StageStatus.CANCELED
 
 
 def last_line(text: str) -> str:
