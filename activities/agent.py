@@ -28,7 +28,8 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.artifacts import ArtifactCache
-from activities.logs import LogStore, LogWriter, SecretMasker
+from activities.log_store import LogStore
+from activities.logs import LogWriter, SecretMasker
 from activities.process import run_process
 from workflows.activity_refs import CLEANUP, DOWNLOAD_ARTIFACTS, LEASE_AGENT, RUN_TASK, SHIP_LOGS
 from workflows.agent_api import (
@@ -51,7 +52,15 @@ from workflows.names import agent_queue
 from workflows.pipeline import SecretRef, Task
 
 T = TypeVar("T")
-HEARTBEAT_EVERY = 1.0  # the SDK throttles the actual RPCs to 0.8 x heartbeat timeout
+# A step's cancellation reaches the agent only in the answer to a heartbeat, and the
+# SDK sends a heartbeat at most every min(0.8 x heartbeat timeout, the worker's
+# max_heartbeat_throttle_interval): steps heartbeat this often, and the agent's step
+# worker sends at most one heartbeat per HEARTBEAT_THROTTLE, so a cancel stops a task
+# within about HEARTBEAT_THROTTLE (plus the round trips) at ~3 heartbeats a second.
+HEARTBEAT_EVERY = 0.2
+HEARTBEAT_THROTTLE = timedelta(seconds=0.3)
+# The lease is cancelled only when its job is over: no hurry, one heartbeat a second.
+LEASE_HEARTBEAT_EVERY = 1.0
 
 
 @dataclass
@@ -129,7 +138,7 @@ class AgentActivities:
             while not lease.done.is_set():
                 activity.heartbeat(f"running job {context.job} of {context.stage}")
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(lease.done.wait(), timeout=HEARTBEAT_EVERY)
+                    await asyncio.wait_for(lease.done.wait(), timeout=LEASE_HEARTBEAT_EVERY)
             return LeaseResult(agent_id=self.agent_id, ended="completed")
         finally:
             self._leases.pop(context.lease_id, None)
@@ -180,99 +189,121 @@ class AgentActivities:
         Not idempotent (a script may deploy twice), so never retried by Temporal:
         the workflow decides about retries (`retries:`) and logs each try apart.
         Cancellation kills the task's whole process group before it is reported.
-        With `log_key`, the finished log goes to the log store here, saving the
-        separate `ship_logs` step; with `end_lease`, the lease ends here too,
-        saving the `cleanup` step.
+        With `log_key`, the log is in the log store from the start (a hard link
+        that grows as the task writes, so what was written survives a cancel or
+        the agent's death) or, where the store cannot link, put there at the end;
+        this saves the separate `ship_logs` step. The log ends with a line saying
+        how the task ended; a log without one was cut short. With `end_lease`,
+        the lease ends here too, saving the `cleanup` step.
         """
-        result = await self._run_task(request)
-        if request.log_key and result.log_path:
-            await asyncio.to_thread(self._log_store.put, request.log_key, Path(result.log_path))
+        lease = self._lease(request.context)
+        task = request.task
+        log_path = lease.log_dir / f"{request.index:02d}-try{request.try_number}.log"
+        with LogWriter(log_path) as log:
+            log.note(f"task {task.name!r} ({task.kind}) on agent {self.agent_name}")
+            linked = request.log_key is not None and await asyncio.to_thread(
+                self._log_store.link, request.log_key, log_path
+            )
+            try:
+                result = await self._run_task(request, lease, log)
+            except BaseException as err:
+                log.cut_short(
+                    "canceled"
+                    if isinstance(err, asyncio.CancelledError)
+                    else f"{type(err).__name__} on agent {self.agent_name}"
+                )
+                if request.log_key and not linked:
+                    # Keep what was written; the cancel (or the error) is what to report.
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(self._log_store.put, request.log_key, log_path)
+                raise
+            log.ended(_how_it_ended(task, result))
+            result.log_bytes = log.bytes_written
+        if request.log_key:
+            if not linked:
+                await asyncio.to_thread(self._log_store.put, request.log_key, log_path)
             result.log_key = request.log_key
         if request.end_lease == "always" or (
             request.end_lease == "if_succeeded" and result.succeeded
         ):
             # The job's last step: free the agent now (the lease activity ends and
             # removes the work dir), instead of waiting for a `cleanup` step.
-            lease = self._leases.get(request.context.lease_id)
-            if lease is not None:
-                lease.done.set()
+            lease.done.set()
             result.lease_ended = True
         return result
 
-    async def _run_task(self, request: RunTaskRequest) -> RunTaskResult:
-        lease = self._lease(request.context)
+    async def _run_task(
+        self, request: RunTaskRequest, lease: LeaseState, log: LogWriter
+    ) -> RunTaskResult:
         task = request.task
-        log_path = lease.log_dir / f"{request.index:02d}-try{request.try_number}.log"
+        log_path = log.path
         started = time.monotonic()
-        with LogWriter(log_path) as log:
-            log.note(f"##[stageflow] task {task.name!r} ({task.kind}) on agent {self.agent_name}")
-            try:
-                secrets = self._resolve_secrets(request.secrets)
-                masker = SecretMasker(list(secrets.values()))
-                env = self._task_env(request, lease, secrets)
-                # Templates see the variables and the STAGEFLOW_* context, not the agent's env.
-                variables = {
-                    **request.variables,
-                    **secrets,
-                    **self._context_env(request, lease),
-                }
-                cwd = _inside(lease.job_dir, _render(task.working_dir or ".", variables))
-                cwd.mkdir(parents=True, exist_ok=True)
-                if task.kind in ("script", "file"):
-                    argv = self._script_argv(task, lease, request.index, variables)
-                    outcome = await run_process(
-                        argv,
-                        env=env,
-                        cwd=cwd,
-                        log=log,
-                        masker=masker,
-                        timeout=task.timeout.total_seconds(),
-                        on_progress=lambda: activity.heartbeat(
-                            TaskProgress(
-                                bytes=log.bytes_written,
-                                last_lines=log.last_lines(5),
-                                log_path=str(log_path),
-                            )
-                        ),
-                    )
-                    message = (
-                        f"timed out after {task.timeout}"
-                        if outcome.timed_out
-                        else f"exit code {outcome.exit_code}"
-                    )
-                    return RunTaskResult(
-                        succeeded=outcome.exit_code == 0 and not outcome.timed_out,
-                        exit_code=outcome.exit_code,
-                        timed_out=outcome.timed_out,
-                        duration=timedelta(seconds=outcome.duration),
-                        log_path=str(log_path),
-                        log_bytes=log.bytes_written,
-                        message=message,
-                    )
-                runner = {"template": _render_template, "copy": _copy, "http": _http}[task.kind]
-                await asyncio.wait_for(
-                    _heartbeating(runner(task, lease, cwd, variables, log, masker), task.name),
+        try:
+            secrets = self._resolve_secrets(request.secrets)
+            masker = SecretMasker(list(secrets.values()))
+            env = self._task_env(request, lease, secrets)
+            # Templates see the variables and the STAGEFLOW_* context, not the agent's env.
+            variables = {
+                **request.variables,
+                **secrets,
+                **self._context_env(request, lease),
+            }
+            cwd = _inside(lease.job_dir, _render(task.working_dir or ".", variables))
+            cwd.mkdir(parents=True, exist_ok=True)
+            if task.kind in ("script", "file"):
+                argv = self._script_argv(task, lease, request.index, variables)
+                outcome = await run_process(
+                    argv,
+                    env=env,
+                    cwd=cwd,
+                    log=log,
+                    masker=masker,
                     timeout=task.timeout.total_seconds(),
+                    on_progress=lambda: activity.heartbeat(
+                        TaskProgress(
+                            bytes=log.bytes_written,
+                            last_lines=log.last_lines(5),
+                            log_path=str(log_path),
+                        )
+                    ),
+                    progress_interval=HEARTBEAT_EVERY,
                 )
-                log.note("##[stageflow] succeeded")
-                succeeded, message = True, "succeeded"
-            except (TaskError, TemplateError, OSError, httpx.HTTPError) as err:
-                text = (
-                    f"{type(err).__name__}: {err}" if not isinstance(err, TaskError) else str(err)
+                message = (
+                    f"timed out after {task.timeout}"
+                    if outcome.timed_out
+                    else f"exit code {outcome.exit_code}"
                 )
-                log.note(f"##[stageflow] failed: {text}")
-                succeeded, message = False, text
-            except TimeoutError:
-                log.note(f"##[stageflow] timed out after {task.timeout}")
-                succeeded, message = False, f"timed out after {task.timeout}"
-            return RunTaskResult(
-                succeeded=succeeded,
-                exit_code=0 if succeeded else 1,
-                duration=timedelta(seconds=time.monotonic() - started),
-                log_path=str(log_path),
-                log_bytes=log.bytes_written,
-                message=message,
+                return RunTaskResult(
+                    succeeded=outcome.exit_code == 0 and not outcome.timed_out,
+                    exit_code=outcome.exit_code,
+                    timed_out=outcome.timed_out,
+                    duration=timedelta(seconds=outcome.duration),
+                    log_path=str(log_path),
+                    log_bytes=log.bytes_written,
+                    message=message,
+                )
+            runner = {"template": _render_template, "copy": _copy, "http": _http}[task.kind]
+            await asyncio.wait_for(
+                _heartbeating(runner(task, lease, cwd, variables, log, masker), task.name),
+                timeout=task.timeout.total_seconds(),
             )
+            log.note("##[stageflow] succeeded")
+            succeeded, message = True, "succeeded"
+        except (TaskError, TemplateError, OSError, httpx.HTTPError) as err:
+            text = f"{type(err).__name__}: {err}" if not isinstance(err, TaskError) else str(err)
+            log.note(f"##[stageflow] failed: {text}")
+            succeeded, message = False, text
+        except TimeoutError:
+            log.note(f"##[stageflow] timed out after {task.timeout}")
+            succeeded, message = False, f"timed out after {task.timeout}"
+        return RunTaskResult(
+            succeeded=succeeded,
+            exit_code=0 if succeeded else 1,
+            duration=timedelta(seconds=time.monotonic() - started),
+            log_path=str(log_path),
+            log_bytes=log.bytes_written,
+            message=message,
+        )
 
     @activity.defn(name=SHIP_LOGS.name)
     async def ship_logs(self, request: ShipLogsRequest) -> ShipLogsResult:
@@ -475,12 +506,29 @@ async def _http(
 async def _heartbeating(work: Awaitable[T], what: str) -> T:
     """Await `work`, heartbeating meanwhile so a long step shows it is alive."""
     task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
-        if done:
-            return task.result()
-        with contextlib.suppress(RuntimeError):  # outside an activity (tests)
-            activity.heartbeat(what)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
+            if done:
+                return task.result()
+            with contextlib.suppress(RuntimeError):  # outside an activity (tests)
+                activity.heartbeat(what)
+    finally:
+        # Canceled (or timed out): the work stops too, it does not run on unseen.
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _how_it_ended(task: Task, result: RunTaskResult) -> str:
+    """The end note's words: `exit code 0 after 1.2 s`, `timed out after 300.0 s` …"""
+    if result.timed_out:
+        outcome = "timed out"
+    elif task.kind in ("script", "file"):
+        outcome = f"exit code {result.exit_code}"
+    else:
+        outcome = "succeeded" if result.succeeded else "failed"
+    return f"{outcome} after {result.duration.total_seconds():.1f} s"
 
 
 def _remove_tree(path: Path) -> None:

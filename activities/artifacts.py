@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from starter.artifacts import ArtifactError, archive_version, is_remote_repository
+from activities.artifact_sources import ArtifactError, archive_version, is_remote_repository
 from workflows.release import ResolvedArtifact
 
 CHUNK_SIZE = 1 << 20

@@ -4,7 +4,8 @@ A `Schedule` opens a window at a local time on some weekdays; a `Freeze` blocks
 starts for a `duration` from every match of a 5-field cron expression. Both are
 read in their own time zone. Everything here is a pure function of its inputs
 (no I/O, no wall clock) except `plan_start`, the activity that wraps
-`plan_start_time` for the workflow.
+`plan_start_time` for the workflow. `calendar_problems` walks the same way when
+a pipeline is validated, so what would fail the plan is refused before a deployment.
 
 Time-zone rules, used the same way for schedules and freezes:
 
@@ -336,6 +337,11 @@ def freeze_end(freeze: Freeze, at: datetime) -> datetime | None:
 
 # How many schedule/freeze moves plan_start_time makes before it gives up.
 MAX_PLAN_STEPS = 1000
+# `never_starts` looks this far past the longest freeze: within a year every cron
+# pattern and every zone's clock changes come round again (leap days and weekday/date
+# coincidences aside). MAX_COVERAGE_STEPS bounds the moves it makes on the way.
+COVERAGE_HORIZON = timedelta(days=366)
+MAX_COVERAGE_STEPS = 20_000
 
 
 def plan_start_time(schedule: Schedule | None, freezes: list[Freeze], now: datetime) -> StartPlan:
@@ -347,29 +353,122 @@ def plan_start_time(schedule: Schedule | None, freezes: list[Freeze], now: datet
     moves, or when a cron expression or time is invalid.
     """
     now = _require_aware(now, "now")
-    for freeze in freezes:  # fail on a bad freeze even when the schedule never reaches it
+    _check_calendar(schedule, freezes)
+    waits: list[StartWait] = []
+    start, _ = _earliest_start(schedule, freezes, now, MAX_PLAN_STEPS, waits=waits)
+    if start is None:
+        raise ValueError(
+            f"no start time found after {MAX_PLAN_STEPS} steps from {now.isoformat()}: "
+            "the freezes seem to cover every schedule window"
+        )
+    return StartPlan(start_at=start, waits=waits)
+
+
+def never_starts(schedule: Schedule | None, freezes: list[Freeze], since: datetime) -> bool:
+    """Whether no deployment could ever start: from `since` on, every instant (with a
+    schedule, every window) lies inside a freeze.
+
+    Walks as `plan_start_time` does, until a year past the longest freeze
+    (COVERAGE_HORIZON). A walk that needs more than MAX_COVERAGE_STEPS moves to
+    get there (windows of a few minutes chained for weeks) answers False: this is
+    for refusing a pipeline, so it says True only when it has shown it. Raises
+    ValueError (or ZoneInfoNotFoundError) for an invalid cron expression or zone.
+    """
+    since = _require_aware(since, "since")
+    _check_calendar(schedule, freezes)
+    if not freezes:
+        return False
+    until = since + max(freeze.duration for freeze in freezes) + COVERAGE_HORIZON
+    start, reached = _earliest_start(schedule, freezes, since, MAX_COVERAGE_STEPS, until=until)
+    return start is None and reached > until
+
+
+@dataclass(frozen=True)
+class CalendarProblem:
+    """Why `plan_start` would refuse a stage's schedule and freezes.
+
+    `path` is inside the stage, e.g. `("freezes", 1, "cron")` or `("schedule",)`.
+    """
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+def calendar_problems(
+    schedule: Schedule | None, freezes: list[Freeze], since: datetime
+) -> list[CalendarProblem]:
+    """What would fail a stage's start plan, found before any deployment: invalid cron
+    expressions and unknown time zones, freezes that cover all time, a schedule whose
+    every window lies inside the freezes. Empty when a deployment can start."""
+    problems = []
+    if schedule is not None:
+        problems += _zone_problems(("schedule", "timezone"), schedule.timezone)
+    for index, freeze in enumerate(freezes):
+        try:
+            parse_cron(freeze.cron)
+        except ValueError as err:
+            problems.append(CalendarProblem(("freezes", index, "cron"), str(err)))
+        problems += _zone_problems(("freezes", index, "timezone"), freeze.timezone)
+    if problems:
+        return problems
+    never = "a deployment could never start"
+    if never_starts(None, freezes, since):
+        return [CalendarProblem(("freezes",), f"the freezes cover all time: {never}")]
+    if schedule is not None and never_starts(schedule, freezes, since):
+        message = f"every window of the schedule lies inside a freeze: {never}"
+        return [CalendarProblem(("schedule",), message)]
+    return []
+
+
+def _zone_problems(path: tuple[str | int, ...], name: str) -> list[CalendarProblem]:
+    try:
+        _zone(name)
+    except (ZoneInfoNotFoundError, ValueError):  # ValueError: not a key at all, e.g. `/UTC`
+        return [CalendarProblem(path, f"unknown time zone {name!r}")]
+    return []
+
+
+def _check_calendar(schedule: Schedule | None, freezes: list[Freeze]) -> None:
+    """Fail on a bad freeze or zone even when the walk never reaches it."""
+    if schedule is not None:
+        _zone(schedule.timezone)
+    for freeze in freezes:
         parse_cron(freeze.cron)
         _zone(freeze.timezone)
+
+
+def _earliest_start(
+    schedule: Schedule | None,
+    freezes: list[Freeze],
+    now: datetime,
+    max_steps: int,
+    until: datetime | None = None,
+    waits: list[StartWait] | None = None,
+) -> tuple[datetime | None, datetime]:
+    """The walk of `plan_start_time`: (the start, where the walk got to).
+
+    The start is None when `max_steps` moves did not find one, or when the walk
+    got past `until` inside a freeze. Each move is appended to `waits`, if given.
+    """
     candidate = now
-    waits: list[StartWait] = []
-    for _ in range(MAX_PLAN_STEPS):
+    for _ in range(max_steps):
+        if until is not None and candidate > until:
+            return None, candidate
         if schedule is not None:
             opens = next_schedule_start(schedule, candidate)
             if opens != candidate:
                 candidate = opens
-                waits.append(
-                    StartWait(reason="schedule", until=opens, detail=_schedule_detail(schedule))
-                )
+                if waits is not None:
+                    detail = _schedule_detail(schedule)
+                    waits.append(StartWait(reason="schedule", until=opens, detail=detail))
         ends = [(end, freeze) for freeze in freezes if (end := freeze_end(freeze, candidate))]
         if not ends:
-            return StartPlan(start_at=candidate, waits=waits)
+            return candidate, candidate
         end, freeze = max(ends, key=lambda pair: pair[0])
         candidate = end
-        waits.append(StartWait(reason="freeze", until=end, detail=_freeze_detail(freeze, end)))
-    raise ValueError(
-        f"no start time found after {MAX_PLAN_STEPS} steps from {now.isoformat()}: "
-        "the freezes seem to cover every schedule window"
-    )
+        if waits is not None:
+            waits.append(StartWait(reason="freeze", until=end, detail=_freeze_detail(freeze, end)))
+    return None, candidate
 
 
 def _schedule_detail(schedule: Schedule) -> str:

@@ -1,11 +1,7 @@
-"""Task logs: writing them on the agent, masking secrets, reading them back, storing them.
+"""Task logs on the agent: writing them as the task runs, and masking secrets.
 
-A log is two files:
-
-- `<name>.log` holds the task's output bytes exactly as the task wrote them (after
-  secret masking), plus Stageflow's own lines (`##[stageflow] exit code 0`).
-- `<name>.log.idx` is the timestamp index: text lines `"<byte offset> <unix ms>\\n"`,
-  one per written chunk, saying when the bytes from that offset on were written.
+The log format (a `.log` file and its `.log.idx` timestamp index), the log store
+and reading a log back live in `activities/log_store.py`, which the CLI uses too.
 
 Keeping timestamps out of the log itself is what lets `LogWriter` append whole
 chunks without looking at lines, so a task that prints a gigabyte is logged at
@@ -14,34 +10,20 @@ about the speed of `cat`. `read_log` puts the timestamps back on each line.
 
 from __future__ import annotations
 
-import builtins
 import os
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
-NOTE_PREFIX = "##[stageflow] "
+from activities.log_store import CUT_SHORT, NOTE_PREFIX, TASK_ENDED, index_path
+
 MASK = b"***"
-INDEX_SUFFIX = ".idx"
 
 # How much of the output's end LogWriter keeps for heartbeats, and how it is cut.
 TAIL_BYTES = 8 * 1024
 TAIL_LINES = 20
 LINE_CHARS = 500
-
-# read_log splits a line longer than this, so a single endless line is never
-# held in memory whole.
-MAX_LINE_BYTES = 1024 * 1024
-
-
-def index_path(log_path: Path) -> Path:
-    """The timestamp index that belongs to a log file."""
-    return log_path.with_name(log_path.name + INDEX_SUFFIX)
 
 
 class LogWriter:
@@ -108,6 +90,14 @@ class LogWriter:
         if not self._at_line_start:
             block = "\n" + block
         self.write(block.encode("utf-8"))
+
+    def ended(self, outcome: str) -> None:
+        """The log's last line, for a task that ran to its end: `--- task ended: <outcome>`."""
+        self.note(TASK_ENDED + outcome)
+
+    def cut_short(self, why: str) -> None:
+        """The log's last line, for a task stopped before its end: `--- cut short: <why>`."""
+        self.note(CUT_SHORT + why)
 
     def last_lines(self, n: int = 5) -> list[str]:
         """The last `n` (at most 20) lines of the output, for heartbeats.
@@ -221,155 +211,3 @@ class SecretMasker:
             if any(len(s) > len(rest) and s.startswith(rest) for s in self._secrets):
                 return start
         return len(data)
-
-
-def read_log(path: Path, timestamps: bool = True) -> Iterator[str]:
-    """The lines of a log (without newline), each prefixed with the UTC time of the
-    chunk holding its first byte (`2026-11-22T02:11:20.123Z `) if `timestamps`.
-
-    Streams the log and its index; a line longer than 1 MiB comes out in pieces.
-    Lines the index does not cover (no index file) have no prefix.
-    """
-    with open(path, "rb") as log:
-        if not timestamps:
-            while line := log.readline(MAX_LINE_BYTES):
-                yield _decode_line(line)
-            return
-        entries = _read_index(index_path(path))
-        next_entry = next(entries, None)
-        stamp = ""
-        offset = 0
-        while line := log.readline(MAX_LINE_BYTES):
-            if next_entry is not None and next_entry[0] <= offset:
-                ms = next_entry[1]
-                # Skip to the last chunk that starts at or before this line.
-                while (next_entry := next(entries, None)) is not None and next_entry[0] <= offset:
-                    ms = next_entry[1]
-                stamp = _format_ms(ms) + " "
-            yield stamp + _decode_line(line)
-            offset += len(line)
-
-
-def _decode_line(line: bytes) -> str:
-    if line.endswith(b"\n"):
-        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-    return line.decode("utf-8", errors="replace")
-
-
-def _read_index(path: Path) -> Iterator[tuple[int, int]]:
-    try:
-        index = open(path, encoding="ascii")
-    except FileNotFoundError:
-        return
-    with index:
-        for entry in index:
-            offset, _, ms = entry.partition(" ")
-            if ms.endswith("\n"):  # skip a half-written last entry
-                yield int(offset), int(ms)
-
-
-def _format_ms(ms: int) -> str:
-    seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
-
-
-class LogStore(Protocol):
-    """Where finished logs are kept, by key (`webapp/42/dev/1/job/01-install.log`).
-
-    A directory by default (`DirectoryLogStore`); kept this small so a shared or
-    object store can replace it when agents live on other machines.
-    """
-
-    def put(self, key: str, local_path: Path) -> int:
-        """Copy a local log and its index under `key`, replacing what is there;
-        return the log's size in bytes."""
-        ...
-
-    def path(self, key: str) -> Path | None:
-        """A local path to read the log under `key` from, or None if there is none."""
-        ...
-
-    def list(self, prefix: str) -> builtins.list[str]:
-        """The keys that start with `prefix`, sorted."""
-        ...
-
-
-class DirectoryLogStore(LogStore):
-    """A log store in a directory (`<data dir>/logs`): a key is a relative path.
-
-    `put` is idempotent: each file is copied to a temporary file beside its
-    destination and moved into place with `os.replace`, so readers see the old
-    log or the new one, never half of one.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def put(self, key: str, local_path: Path) -> int:
-        dest = self._resolve(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        local_index = index_path(local_path)
-        # Index first, so a reader never sees a new log with an older index.
-        if local_index.exists():
-            _copy_atomically(local_index, index_path(dest))
-        else:
-            index_path(dest).unlink(missing_ok=True)
-        _copy_atomically(local_path, dest)
-        return dest.stat().st_size
-
-    def path(self, key: str) -> Path | None:
-        dest = self._resolve(key)
-        return dest if dest.is_file() else None
-
-    def list(self, prefix: str) -> builtins.list[str]:
-        _check_key(prefix, is_prefix=True)
-        # Only walk the directory the prefix is in, not the whole store.
-        top = self.root / prefix.rpartition("/")[0]
-        if not top.is_dir():
-            return []
-        keys = []
-        for dirpath, _dirnames, filenames in os.walk(top):
-            for name in filenames:
-                if name.startswith(".") or name.endswith(INDEX_SUFFIX):
-                    continue  # temporary files of a put, and indexes
-                key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    keys.append(key)
-        return sorted(keys)
-
-    def _resolve(self, key: str) -> Path:
-        _check_key(key)
-        return self.root / key
-
-
-def _check_key(key: str, is_prefix: bool = False) -> None:
-    if not key and not is_prefix:
-        raise ValueError("log key is empty")
-    if key.startswith("/") or ".." in key or "\\" in key or "\0" in key:
-        raise ValueError(f"invalid log key {key!r}: must be a relative path without '..'")
-    if key.endswith(INDEX_SUFFIX) and not is_prefix:
-        raise ValueError(f"invalid log key {key!r}: '{INDEX_SUFFIX}' is kept for indexes")
-    parts = key.split("/")
-    if is_prefix and parts[-1] == "":
-        parts.pop()  # a prefix may end with "/"
-    if any(part == "" or part.startswith(".") for part in parts):
-        raise ValueError(f"invalid log key {key!r}: empty or hidden path part")
-
-
-def _copy_atomically(source: Path, dest: Path) -> None:
-    """Put `source` at `dest` atomically: a hard link on the same file system (a log
-    is finished when it is shipped, so sharing its inode costs nothing), else a copy."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        try:
-            os.unlink(tmp)
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, dest)
-        # rename() does nothing when both names are links to one file (a re-put).
-        Path(tmp).unlink(missing_ok=True)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,7 +16,8 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -30,7 +31,6 @@ from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from temporalio import activity
 
-from worker.settings import SmtpSettings
 from workflows.activity_refs import SEND_NOTIFICATION
 from workflows.control_api import NotificationRequest, NotificationResult, Recipient
 from workflows.names import release_workflow_id
@@ -48,6 +48,31 @@ _templates = SandboxedEnvironment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
 )
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where mail goes. Without a host, mails are written to the outbox directory."""
+
+    host: str | None = None
+    port: int = 587
+    security: str = "starttls"  # starttls | ssl | none
+    user: str | None = None
+    password: str | None = None
+    sender: str = "stageflow@localhost"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SmtpSettings:
+        """Read `STAGEFLOW_SMTP_*`; the process settings (`worker/settings.py`) call this."""
+        return cls(
+            host=env.get("STAGEFLOW_SMTP_HOST") or None,
+            port=int(env.get("STAGEFLOW_SMTP_PORT", "587")),
+            security=env.get("STAGEFLOW_SMTP_SECURITY", "starttls").lower(),
+            user=env.get("STAGEFLOW_SMTP_USER") or None,
+            password=env.get("STAGEFLOW_SMTP_PASSWORD") or None,
+            sender=env.get("STAGEFLOW_SMTP_FROM", "stageflow@localhost"),
+        )
+
 
 _PHASES = {"pre": "pre-deployment", "post": "post-deployment"}
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._@+-]")

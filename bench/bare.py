@@ -144,6 +144,40 @@ class BareApproval:
         self._approved = True
 
 
+@dataclass
+class BareVerdict:
+    """What the bare decision update records and returns: a small audit event."""
+
+    actor: str
+    action: str
+    outcome: str
+    time: str
+
+
+@workflow.defn(name="BareDecision")
+class BareDecision:
+    """Waits for an `approve` update, which records a small event and returns it: the
+    least a decision that answers its caller can do (the decision round trip's limit)."""
+
+    def __init__(self) -> None:
+        self._events: list[BareVerdict] = []
+
+    @workflow.run
+    async def run(self) -> list[BareVerdict]:
+        await workflow.wait_condition(lambda: bool(self._events))
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._events
+
+    @workflow.update
+    def approve(self, by: str) -> BareVerdict:
+        """Record the approval and return it."""
+        event = BareVerdict(
+            actor=by, action="approve", outcome="accepted", time=workflow.now().isoformat()
+        )
+        self._events.append(event)
+        return event
+
+
 @workflow.defn(name="BareFailover")
 class BareFailover:
     """One heartbeating activity, retried on another worker when its worker dies."""
@@ -160,5 +194,5 @@ class BareFailover:
         )
 
 
-WORKFLOWS = [BareRelease, BareStage, BareApproval, BareFailover]
+WORKFLOWS = [BareRelease, BareStage, BareApproval, BareDecision, BareFailover]
 ACTIVITIES: list[Callable[..., Any]] = [bare_task, bare_hold]

@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.decision import decision_round_trip
 from bench.figures import MB, PRESETS, Bench, Sizes, startup
 from bench.report import FIGURE_KEYS, Figure, machine, markdown_table, table, write_results
 from bench.world import World
@@ -28,7 +29,16 @@ SQLITE_CHOICES: dict[str, list[str] | None] = {
     "wal-normal": ["journal_mode=wal", "synchronous=normal"],
     "none": [],
 }
-GROUPS = ["latency", "approval", "throughput", "logs", "artifacts", "failover", "startup"]
+GROUPS = [
+    "latency",
+    "approval",
+    "decision",
+    "throughput",
+    "logs",
+    "artifacts",
+    "failover",
+    "startup",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only", default="", help=f"comma-separated groups of: {', '.join(GROUPS)}"
     )
-    parser.add_argument("--runs", type=int, help="repeats for latency and approval figures")
+    parser.add_argument(
+        "--runs", type=int, help="repeats for latency, approval and decision figures"
+    )
     parser.add_argument("--releases", type=int, help="releases started at once for throughput")
     parser.add_argument("--log-mb", type=int, help="task output size in MB")
     parser.add_argument("--drop-mb", type=int, help="artifact drop size in MB")
@@ -78,7 +90,7 @@ def sizes_from(args: argparse.Namespace) -> tuple[str, Sizes]:
     sizes = PRESETS[preset]
     changes: dict[str, Any] = {}
     if args.runs:
-        changes.update(latency_runs=args.runs, approval_runs=args.runs)
+        changes.update(latency_runs=args.runs, approval_runs=args.runs, decision_runs=args.runs)
     if args.releases:
         changes["throughput_releases"] = args.releases
         # A burst finishes at a few releases per second: give every wait time for that.
@@ -143,6 +155,7 @@ async def run(args: argparse.Namespace) -> int:
         plan = [
             ("latency", bench.release_latency),
             ("approval", bench.approval_latency),
+            ("decision", lambda: decision_round_trip(bench)),
             ("throughput", bench.throughput),
             ("logs", bench.log_streaming),
             ("artifacts", bench.artifact_download),

@@ -62,15 +62,16 @@ class Sizes:
     download_runs: int
     startup_runs: int
     failover_runs: int
+    decision_runs: int = 20
     agents: int = 2
     capacity: int = 20
     timeout: float = 600.0  # for any one wait
 
 
 PRESETS = {
-    "tiny": Sizes(2, 4, 2, 1 * MB, 1, 1 * MB, 1, 1, 1, timeout=60),
-    "quick": Sizes(5, 20, 5, 50 * MB, 2, 50 * MB, 2, 1, 1, timeout=120),
-    "full": Sizes(20, 200, 20, 1024 * MB, 3, 1024 * MB, 3, 3, 3),
+    "tiny": Sizes(2, 4, 2, 1 * MB, 1, 1 * MB, 1, 1, 1, decision_runs=2, timeout=60),
+    "quick": Sizes(5, 20, 5, 50 * MB, 2, 50 * MB, 2, 1, 1, decision_runs=5, timeout=120),
+    "full": Sizes(20, 200, 20, 1024 * MB, 3, 1024 * MB, 3, 3, 3, decision_runs=20),
 }
 
 

@@ -16,18 +16,19 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from activities.artifact_sources import (
+    ARCHIVE_SUFFIXES,
+    ArtifactError,
+    archive_version,
+    is_remote_repository,
+)
 from workflows.pipeline import Artifact, GitArtifact, HttpArtifact, LocalArtifact
 from workflows.release import ResolvedArtifact
 
 LATEST = "latest"
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 GIT_TIMEOUT_SECONDS = 120
 
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-
-
-class ArtifactError(ValueError):
-    """An artifact cannot be resolved or fetched as defined; retrying will not help."""
 
 
 def resolve_artifacts(
@@ -57,14 +58,6 @@ def resolve_artifacts(
 
 
 # --- local drop folders ---------------------------------------------------------------
-
-
-def archive_version(name: str) -> str | None:
-    """`1.2.0.tar.gz` → `1.2.0`; None when the name is not a known archive."""
-    for suffix in ARCHIVE_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
 
 
 def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
@@ -158,14 +151,6 @@ def _resolve_http(artifact: HttpArtifact, override: str | None) -> ResolvedArtif
 
 
 # --- git ------------------------------------------------------------------------------
-
-
-def is_remote_repository(repository: str) -> bool:
-    """Git's own rule: `scheme://…` or scp-like `host:path` (a colon before any slash)."""
-    if "://" in repository:
-        return True
-    colon, slash = repository.find(":"), repository.find("/")
-    return colon > 0 and (slash < 0 or colon < slash)
 
 
 def _resolve_git(artifact: GitArtifact, base: Path, override: str | None) -> ResolvedArtifact:

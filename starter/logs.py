@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from temporalio.client import Client
 
-from activities.logs import DirectoryLogStore, read_log
-from starter.releases import stage_progress
+from activities.log_store import DirectoryLogStore, LogStore, read_log
+from starter.releases import StageNotFound, stage_progress
 from worker.settings import Settings
 from workflows.release import ReleaseStatus, StageAttempt, TaskRun, TaskStatus
 
 FOLLOW_POLL = 0.2
+
+# What follows a task's key stem in the keys of its logs: `.job2` for the job's
+# re-run on another agent after a lost agent, `.try2` for the task's retry.
+_TRY_SUFFIX = re.compile(r"(?:\.job(\d+))?(?:\.try(\d+))?\.log")
+
+
+@dataclass(frozen=True)
+class TryLog:
+    """The stored log of one try of a task."""
+
+    key: str
+    job_try: int
+    task_try: int
+
+    @property
+    def label(self) -> str:
+        if self.job_try > 1:
+            return f"job try {self.job_try}, try {self.task_try}"
+        return f"try {self.task_try}"
 
 
 def _attempts(status: ReleaseStatus, args: argparse.Namespace) -> list[tuple[str, StageAttempt]]:
@@ -25,14 +48,75 @@ def _attempts(status: ReleaseStatus, args: argparse.Namespace) -> list[tuple[str
             chosen += [(view.name, a) for a in view.attempts if a.attempt == args.attempt]
         elif view.latest:
             chosen.append((view.name, view.latest))
+    if args.attempt and not chosen:
+        raise StageNotFound(_no_such_attempt(status, args))
     return chosen
+
+
+def _no_such_attempt(status: ReleaseStatus, args: argparse.Namespace) -> str:
+    ref = f"{status.pipeline}/{status.number}"
+    views = [v for v in status.stages if not args.stage or v.name == args.stage]
+    existing = "; ".join(
+        f"{v.name}: {', '.join(str(a.attempt) for a in v.attempts)}" for v in views if v.attempts
+    )
+    where = f"stage {args.stage!r} of {ref}" if args.stage else ref
+    if not existing:
+        return f"{where} has no attempt {args.attempt}: it was never deployed"
+    return f"{where} has no attempt {args.attempt} (attempts {existing})"
 
 
 def _matches(run: TaskRun, wanted: str | None) -> bool:
     return wanted is None or run.task == wanted or f"{run.job}/{run.task}" == wanted
 
 
+def _key_stem(status: ReleaseStatus, stage: str, attempt: StageAttempt, run: TaskRun) -> str:
+    """The log store key of the task's first try, without `.log`; every try's key
+    starts with it (`webapp/42/dev/1/job/01-deploy`)."""
+    if run.log:
+        directory, _, name = run.log.rpartition("/")
+        match = re.search(_TRY_SUFFIX.pattern + "$", name)
+        return f"{directory}/{name[: match.start()] if match else name}"
+    # Not logged in the status (canceled, or its agent was lost): the key the
+    # workflow gives the task (workflows/stage_workflow.py log_key).
+    job_runs = [r for r in attempt.tasks if r.job == run.job]
+    index = next(i for i, r in enumerate(job_runs, 1) if r is run)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.task).strip("-").lower() or "task"
+    return (
+        f"{status.pipeline}/{status.number}/{stage}/{attempt.attempt}/{run.job}/{index:02d}-{slug}"
+    )
+
+
+def try_logs(store: LogStore, stem: str) -> list[TryLog]:
+    """The stored logs of every try of the task whose keys start with `stem`, in the
+    order they ran: job try, then task try (`01-deploy.log`, `01-deploy.try2.log`,
+    `01-deploy.job2.log` …). `01-deploy` does not match `01-deploy-db`."""
+    found = []
+    for key in store.list(stem):
+        match = _TRY_SUFFIX.fullmatch(key[len(stem) :])
+        if match:
+            job_try, task_try = (int(n) if n else 1 for n in match.groups())
+            found.append(TryLog(key=key, job_try=job_try, task_try=task_try))
+    return sorted(found, key=lambda log: (log.job_try, log.task_try))
+
+
 async def print_logs(
+    client: Client, settings: Settings, status: ReleaseStatus, args: argparse.Namespace
+) -> int:
+    """Print the logs of every try of the chosen tasks; `--follow` streams a running one.
+
+    A log cut short (its agent was lost, or the task killed) says so in its last line.
+    Printing into a pipe that closes early (`| head`) ends quietly.
+    """
+    try:
+        return await _print_logs(client, settings, status, args)
+    except BrokenPipeError:
+        # The reader is gone (`| head`): stop quietly, as Unix tools do. Later
+        # flushes of stdout must not fail again, so it now goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+async def _print_logs(
     client: Client, settings: Settings, status: ReleaseStatus, args: argparse.Namespace
 ) -> int:
     store = DirectoryLogStore(settings.log_dir)
@@ -46,18 +130,24 @@ async def print_logs(
                 await _follow(client, store, stage, attempt, run, stamps)
                 printed += 1
                 continue
-            if run.log is None:
-                continue
-            path = store.path(run.log)
-            print(
-                f"==> {stage} #{attempt.attempt} / {run.task} ({run.status.value}) <==", flush=True
-            )
-            if path is not None:
-                for line in read_log(path, timestamps=stamps):
+            logs = try_logs(store, _key_stem(status, stage, attempt, run))
+            for number, log in enumerate(logs, 1):
+                path = store.path(log.key)
+                if path is None:
+                    continue  # removed since it was listed
+                label = f", {log.label}" if len(logs) > 1 or log.task_try > 1 else ""
+                print(
+                    f"==> {stage} #{attempt.attempt} / {run.task} ({run.status.value}){label} <==",
+                    flush=True,
+                )
+                # Only the last try of a running task may still be written to.
+                running = run.status == TaskStatus.IN_PROGRESS and number == len(logs)
+                for line in read_log(path, timestamps=stamps, task_over=not running):
                     print(line)
-            printed += 1
+                printed += 1
     if printed == 0:
         print("no logs yet" + (f" for task {args.task!r}" if args.task else ""))
+    sys.stdout.flush()  # a closed pipe shows here, while BrokenPipeError is still caught
     return 0
 
 

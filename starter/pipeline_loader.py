@@ -14,6 +14,7 @@ import re
 import types
 import typing
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from activities.calendar import calendar_problems
 from workflows import pipeline as pipeline_models
 from workflows.pipeline import Pipeline
 
@@ -129,6 +131,8 @@ def parse_pipeline(text: str, file: str = "<text>") -> Pipeline:
     except OverflowError as exc:  # timedelta() on a huge or infinite duration
         problems.append(PipelineProblem(file=file, message=f"a value is out of range: {exc}"))
     problems += _release_name_problems(file, root, data)
+    if pipeline is not None:
+        problems += _calendar_problems(file, root, pipeline, datetime.now(UTC))
 
     if problems or pipeline is None:
         unique = list(dict.fromkeys(problems))
@@ -460,6 +464,41 @@ def _step(tp: Any, item: str | int) -> list[Any]:
     if origin is dict and isinstance(item, str) and len(args) == 2:
         return [args[1]]
     return []
+
+
+# --- schedules and freezes -------------------------------------------------------------
+
+
+def _calendar_problems(
+    file: str, root: Node, pipeline: Pipeline, now: datetime
+) -> list[PipelineProblem]:
+    """What the `plan_start` activity would refuse at deploy time, said now with its path:
+    a bad cron or zone, freezes that cover all time, a schedule always inside freezes."""
+    problems = []
+    for index, stage in enumerate(pipeline.stages):
+        for found in calendar_problems(stage.schedule, stage.freezes, now):
+            items = ["stages", index, *found.path]
+            problems.append(
+                PipelineProblem(
+                    file=file,
+                    line=_key_line(root, items),
+                    path=_format_path(items),
+                    message=found.message,
+                )
+            )
+    return problems
+
+
+def _key_line(root: Node, items: Sequence[str | int]) -> int | None:
+    """The line of the key (or list item) at `items`, or of the deepest part found."""
+    node, line = root, None
+    for item in items:
+        found = _child(node, item)
+        if found is None:
+            break
+        key, node = found
+        line = _line(key if key is not None else node)
+    return line
 
 
 # --- release name ---------------------------------------------------------------------

@@ -11,11 +11,10 @@ from temporalio.activity import _Definition
 from temporalio.client import Client
 
 from activities.agent import AgentActivities
-from activities.logs import DirectoryLogStore
-from activities.notify import Notifier
+from activities.log_store import DirectoryLogStore
+from activities.notify import Notifier, SmtpSettings
 from worker.agent import pool_activities, step_activities
 from worker.control import control_activities
-from worker.settings import SmtpSettings
 from workflows import activity_refs
 from workflows.activity_refs import ALL, ActivityRef
 

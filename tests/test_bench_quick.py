@@ -36,5 +36,9 @@ def test_bench_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         assert figure["met"] in (True, False, None), key
     assert figures["release_latency"]["limit_median"] > 0
     assert figures["throughput"]["ratio"] > 0
+    decision = figures["decision_round_trip"]
+    assert decision["limit_median"] > 0
+    for side in ("in_process", "bare", "cli"):  # a refused decision would time something else
+        assert decision["details"]["verdicts"][side] == {"accepted": decision["samples"]}, side
     assert "| figure |" in record["markdown"]
     assert "release latency" in done.stdout  # the printed table

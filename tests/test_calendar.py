@@ -9,7 +9,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities.calendar import (
     MAX_PLAN_STEPS,
+    CalendarProblem,
+    calendar_problems,
     freeze_end,
+    never_starts,
     next_schedule_start,
     parse_cron,
     plan_start,
@@ -302,6 +305,79 @@ def test_plan_gives_up_when_freezes_cover_every_window() -> None:
     always = Freeze(cron="0 0 * * *", duration="1d")
     with pytest.raises(ValueError, match=f"{MAX_PLAN_STEPS} steps"):
         plan_start_time(Schedule(time="03:00"), [always], utc(2026, 12, 8, 12, 0))
+
+
+# --- freezes that leave no start ------------------------------------------------------
+
+SINCE = utc(2026, 12, 8, 12, 0)
+WEEKDAYS_3AM = Schedule(days=["mon", "tue", "wed", "thu", "fri"], time="03:00")
+
+
+def test_a_freeze_every_day_all_day_leaves_no_start() -> None:
+    assert never_starts(None, [Freeze(cron="0 0 * * *", duration="24h")], SINCE)
+    assert never_starts(None, [Freeze(cron="0 * * * *", duration="1h")], SINCE)
+    assert not never_starts(None, [Freeze(cron="0 0 * * *", duration="23h59m")], SINCE)
+
+
+def test_weekly_freezes_that_together_cover_the_week_leave_no_start() -> None:
+    weekdays = Freeze(cron="0 0 * * mon-fri", duration="1d")
+    assert never_starts(None, [weekdays, Freeze(cron="0 0 * * sat", duration="2d")], SINCE)
+    # Sunday 23:00 to midnight is free.
+    assert not never_starts(None, [weekdays, Freeze(cron="0 0 * * sat", duration="47h")], SINCE)
+
+
+def test_freezes_in_two_zones_can_cover_the_day_together() -> None:
+    afternoon = Freeze(cron="0 12 * * *", duration="12h")  # 12:00-24:00 UTC
+    tokyo_day = Freeze(cron="0 9 * * *", duration="12h", timezone="Asia/Tokyo")  # 00-12 UTC
+    assert never_starts(None, [afternoon, tokyo_day], SINCE)
+
+
+def test_a_24h_freeze_every_local_day_leaves_the_hour_the_clocks_go_back() -> None:
+    # A duration is elapsed time, and 31 October 2027 in Berlin is 25 hours long.
+    daily = Freeze(cron="0 0 * * *", duration="24h", timezone="Europe/Berlin")
+    assert not never_starts(None, [daily], SINCE)
+    assert plan_start_time(None, [daily], SINCE).start_at == utc(2027, 10, 31, 22, 0)
+    longer = Freeze(cron="0 0 * * *", duration="25h", timezone="Europe/Berlin")
+    assert never_starts(None, [longer], SINCE)
+
+
+def test_a_schedule_whose_every_window_is_frozen_never_starts() -> None:
+    nights = Freeze(cron="0 0 * * mon-fri", duration="4h")
+    assert not never_starts(None, [nights], SINCE)
+    assert never_starts(WEEKDAYS_3AM, [nights], SINCE)
+    assert not never_starts(Schedule(time="03:00"), [nights], SINCE)  # Saturday's window
+
+
+def test_a_walk_too_long_to_finish_does_not_count_as_never() -> None:
+    # Minute-long windows: a year of them is more moves than the check makes.
+    assert not never_starts(None, [Freeze(cron="* * * * *", duration="1m")], SINCE)
+
+
+def test_calendar_problems_name_the_field_inside_the_stage() -> None:
+    bad = calendar_problems(
+        Schedule(time="03:00", timezone="Mars/Olympus_Mons"),
+        [Freeze(cron="61 * * * *", duration="1h"), Freeze(cron="0 0 * * *", duration="1h")],
+        SINCE,
+    )
+    assert bad == [
+        CalendarProblem(("schedule", "timezone"), "unknown time zone 'Mars/Olympus_Mons'"),
+        CalendarProblem(
+            ("freezes", 0, "cron"), "cron '61 * * * *': minute field '61': 61 is out of range 0-59"
+        ),
+    ]
+    always = [Freeze(cron="0 0 * * *", duration="1d")]
+    assert calendar_problems(WEEKDAYS_3AM, always, SINCE) == [
+        CalendarProblem(("freezes",), "the freezes cover all time: a deployment could never start")
+    ]
+    nights = [Freeze(cron="0 0 * * mon-fri", duration="4h")]
+    assert calendar_problems(WEEKDAYS_3AM, nights, SINCE) == [
+        CalendarProblem(
+            ("schedule",),
+            "every window of the schedule lies inside a freeze: a deployment could never start",
+        )
+    ]
+    assert calendar_problems(WEEKDAYS_3AM, [WEEKEND_FREEZE], SINCE) == []
+    assert calendar_problems(None, [], SINCE) == []
 
 
 # --- the activity -----------------------------------------------------------------------

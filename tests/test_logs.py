@@ -5,19 +5,21 @@ from __future__ import annotations
 import itertools
 import random
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from activities.logs import (
+from activities.log_store import (
+    CUT_SHORT_LINE,
     MAX_LINE_BYTES,
-    TAIL_BYTES,
     DirectoryLogStore,
-    LogWriter,
-    SecretMasker,
     index_path,
     read_log,
 )
+from activities.logs import TAIL_BYTES, LogWriter, SecretMasker
+from starter.logs import try_logs
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
 
@@ -148,6 +150,31 @@ def test_read_log_without_index_has_no_timestamps(tmp_path: Path) -> None:
     path = tmp_path / "task.log"
     path.write_bytes(b"plain\n")
     assert list(read_log(path)) == ["plain"]
+
+
+def test_log_without_an_end_note_reads_as_cut_short_once_its_task_is_over(
+    tmp_path: Path,
+) -> None:
+    ended, canceled, lost = (tmp_path / f"{name}.log" for name in ("ended", "canceled", "lost"))
+    for path in (ended, canceled, lost):
+        with LogWriter(path) as log:
+            log.write(b"deploying\n")
+            if path is ended:
+                log.ended("exit code 0 after 1.2 s")
+            elif path is canceled:
+                log.cut_short("canceled")
+
+    assert list(read_log(ended, timestamps=False, task_over=True)) == [
+        "deploying",
+        "##[stageflow] --- task ended: exit code 0 after 1.2 s",
+    ]
+    assert (
+        list(read_log(canceled, task_over=True))[-1][25:] == "##[stageflow] --- cut short: canceled"
+    )
+    assert list(read_log(lost, timestamps=False, task_over=True)) == ["deploying", CUT_SHORT_LINE]
+    assert list(read_log(lost, task_over=True))[-1] == CUT_SHORT_LINE  # no time: not written
+    # A task still running may write more: its log is not cut short yet.
+    assert list(read_log(lost, timestamps=False)) == ["deploying"]
 
 
 def mask_in_pieces(masker: SecretMasker, pieces: list[bytes]) -> bytes:
@@ -281,3 +308,89 @@ def test_directory_log_store_rejects_prefixes_outside_it(tmp_path: Path) -> None
     for prefix in ["/", "/etc", "..", "webapp/../.."]:
         with pytest.raises(ValueError):
             store.list(prefix)
+
+
+def test_linked_log_grows_in_the_store_and_outlives_the_agent_copy(tmp_path: Path) -> None:
+    local = tmp_path / "agent" / "jobs" / "01-try1.log"
+    store = DirectoryLogStore(tmp_path / "logs")
+    key = "webapp/42/dev/1/job/01-install.log"
+    with LogWriter(local) as log:
+        log.note("task 'install' (script) on agent a1")
+        assert store.link(key, local)
+        log.write(b"installing\n")
+        stored = store.path(key)
+        assert stored is not None
+        assert list(read_log(stored, timestamps=False)) == [
+            "##[stageflow] task 'install' (script) on agent a1",
+            "installing",
+        ]
+        log.write(b"half a line")
+    # The agent's work dir goes (the lease ended, or the agent was wiped): the log stays.
+    shutil.rmtree(tmp_path / "agent")
+    lines = list(read_log(stored, task_over=True))
+    assert [re.sub(STAMP, "", line, count=1) for line in lines] == [
+        "##[stageflow] task 'install' (script) on agent a1",
+        "installing",
+        "half a line",
+        CUT_SHORT_LINE,
+    ]
+    assert all(re.match(STAMP, line) for line in lines[:-1])
+
+
+def test_link_across_file_systems_is_refused_and_put_copies(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's tmp dir")
+    other = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        local = other / "01-try1.log"
+        store = DirectoryLogStore(tmp_path / "logs")
+        key = "webapp/42/dev/1/job/01-install.log"
+        with LogWriter(local) as log:
+            log.write(b"installing\n")
+            assert not store.link(key, local)
+            assert store.path(key) is None
+            assert sorted(p.name for p in (tmp_path / "logs/webapp/42/dev/1/job").iterdir()) == []
+            log.ended("exit code 0 after 0.1 s")
+        assert store.put(key, local) == local.stat().st_size
+        stored = store.path(key)
+        assert stored is not None
+        assert list(read_log(stored, timestamps=False, task_over=True))[-1].startswith(
+            "##[stageflow] --- task ended"
+        )
+    finally:
+        shutil.rmtree(other)
+
+
+def test_try_logs_lists_every_try_of_exactly_one_task_in_run_order(tmp_path: Path) -> None:
+    local = tmp_path / "task.log"
+    local.write_bytes(b"x\n")
+    store = DirectoryLogStore(tmp_path / "logs")
+    job = "webapp/42/dev/1/job"
+    for name in [
+        "01-deploy.job2.try2.log",
+        "01-deploy.try2.log",
+        "01-deploy.job2.log",
+        "01-deploy.log",
+        "01-deploy.try10.log",
+        "01-deploy-db.log",
+        "01-deploy-db.try2.log",
+        "01-deployer.log",
+        "02-deploy.log",
+    ]:
+        store.put(f"{job}/{name}", local)
+
+    found = try_logs(store, f"{job}/01-deploy")
+    assert [(log.key.rpartition("/")[2], log.label) for log in found] == [
+        ("01-deploy.log", "try 1"),
+        ("01-deploy.try2.log", "try 2"),
+        ("01-deploy.try10.log", "try 10"),
+        ("01-deploy.job2.log", "job try 2, try 1"),
+        ("01-deploy.job2.try2.log", "job try 2, try 2"),
+    ]
+    assert [log.key for log in try_logs(store, f"{job}/01-deploy-db")] == [
+        f"{job}/01-deploy-db.log",
+        f"{job}/01-deploy-db.try2.log",
+    ]
+    assert try_logs(store, f"{job}/03-missing") == []
+    assert try_logs(store, "webapp/43/dev/1/job/01-deploy") == []

@@ -20,8 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 from temporalio.testing import ActivityEnvironment
 
-from activities.notify import Notifier
-from worker.settings import SmtpSettings
+from activities.notify import Notifier, SmtpSettings
 from workflows.control_api import NotificationRequest, Recipient, ReleaseSummary
 from workflows.mail import approve_command, reject_command
 from workflows.release import ResolvedArtifact

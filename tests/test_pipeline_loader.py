@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from textwrap import dedent
@@ -17,6 +19,8 @@ from starter.pipeline_loader import (
     pipeline_json_schema,
 )
 from workflows.pipeline import SecretRef
+
+ROOT = Path(__file__).resolve().parent.parent
 
 WEBAPP = """\
 name: webapp
@@ -498,3 +502,131 @@ def test_json_schema_describes_the_yaml_names() -> None:
     assert schema["title"] == "Stageflow pipeline"
     assert "copy" in schema["$defs"]["Task"]["properties"]
     assert "copy_" not in schema["$defs"]["Task"]["properties"]
+
+
+# --- schedules and freezes: refused here rather than at deploy time --------------------
+
+FROZEN_PROD = """\
+name: webapp
+stages:
+  - name: dev
+    pool: linux
+    tasks: [{name: t, script: "true"}]
+    freezes: [{cron: "0 18 * * fri", duration: 62h}]
+  - name: qa
+    pool: linux
+    tasks: [{name: t, script: "true"}]
+  - name: prod
+    pool: linux
+    tasks: [{name: t, script: "true"}]
+    freezes:
+      - {cron: "0 0 * * *", duration: 24h}
+"""
+
+
+def test_freezes_that_cover_all_time_are_refused_at_the_freezes(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, FROZEN_PROD)
+
+    assert [str(problem) for problem in problems] == [
+        f"{tmp_path / 'webapp.yml'}:13: stages[2].freezes: "
+        "the freezes cover all time: a deployment could never start"
+    ]
+
+
+def test_weekly_freezes_in_a_time_zone_that_cover_the_week_are_refused(tmp_path: Path) -> None:
+    # Friday 18:00 to Monday 08:00 is 62h, and 63h the weekend the clocks go back.
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: prod
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+            freezes:
+              - {cron: "0 8 * * mon-fri", duration: 10h, timezone: Europe/Berlin}
+              - {cron: "0 18 * * mon-thu", duration: 14h, timezone: Europe/Berlin}
+              - {cron: "0 18 * * fri", duration: 63h, timezone: Europe/Berlin}
+        """,
+    )
+
+    assert [(problem.line, problem.path, problem.message) for problem in problems] == [
+        (6, "stages[0].freezes", "the freezes cover all time: a deployment could never start")
+    ]
+
+
+def test_a_schedule_whose_every_window_is_frozen_is_refused_at_the_schedule(
+    tmp_path: Path,
+) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: prod
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+            schedule: {days: [mon, tue, wed, thu, fri], time: "03:00", timezone: Europe/Berlin}
+            freezes: [{cron: "0 0 * * mon-fri", duration: 6h, timezone: Europe/Berlin}]
+        """,
+    )
+
+    assert [(problem.line, problem.path, problem.message) for problem in problems] == [
+        (
+            6,
+            "stages[0].schedule",
+            "every window of the schedule lies inside a freeze: a deployment could never start",
+        )
+    ]
+
+
+def test_bad_cron_and_unknown_time_zone_are_refused_at_their_fields(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        stages:
+          - name: prod
+            pool: linux
+            tasks: [{name: t, script: "true"}]
+            freezes:
+              - cron: "61 * * * *"
+                duration: 1h
+              - {cron: "0 0 * * *", duration: 1h, timezone: Mars/Olympus_Mons}
+        """,
+    )
+
+    assert [(problem.line, problem.path, problem.message) for problem in problems] == [
+        (
+            7,
+            "stages[0].freezes[0].cron",
+            "cron '61 * * * *': minute field '61': 61 is out of range 0-59",
+        ),
+        (9, "stages[0].freezes[1].timezone", "unknown time zone 'Mars/Olympus_Mons'"),
+    ]
+
+
+def test_freezes_that_leave_a_start_are_valid(tmp_path: Path) -> None:
+    pipeline, _ = load_pipeline(write(tmp_path, FROZEN_PROD.replace("24h", "23h")))
+
+    assert pipeline.stages[2].freezes[0].duration == timedelta(hours=23)
+
+
+@pytest.mark.parametrize("command", [["pipeline", "validate"], ["release", "create"]])
+def test_cli_exits_2_when_the_freezes_cover_all_time(tmp_path: Path, command: list[str]) -> None:
+    path = write(tmp_path, FROZEN_PROD)
+
+    # `release create` refuses the file before it connects to any server.
+    result = subprocess.run(
+        [sys.executable, "-m", "starter.cli", *command, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: {path}:13: stages[2].freezes: "
+        "the freezes cover all time: a deployment could never start\n"
+    )

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from activities.logs import LogWriter, SecretMasker, read_log
+from activities.log_store import read_log
+from activities.logs import LogWriter, SecretMasker
 from activities.process import ProcessOutcome, run_process
 from tests.conftest import wait_for
 

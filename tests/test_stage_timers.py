@@ -29,11 +29,10 @@ from temporalio.worker import Worker
 from activities.agent import AgentActivities
 from activities.calendar import plan_start
 from activities.gate_checks import check_http, run_check
-from activities.logs import DirectoryLogStore
-from activities.notify import Notifier
+from activities.log_store import DirectoryLogStore
+from activities.notify import Notifier, SmtpSettings
 from tests.conftest import wait_for
 from worker.control import SANDBOX, WORKFLOWS
-from worker.settings import SmtpSettings
 from workflows.approval_policy import Decision
 from workflows.names import agent_queue, pool_queue
 from workflows.pipeline import Pipeline

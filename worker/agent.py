@@ -17,9 +17,9 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.agent import AgentActivities
+from activities.agent import HEARTBEAT_THROTTLE, AgentActivities
 from activities.gate_checks import run_check
-from activities.logs import DirectoryLogStore
+from activities.log_store import DirectoryLogStore
 from worker.settings import Settings
 from workflows.names import agent_queue, pool_queue
 
@@ -74,6 +74,9 @@ async def run_agent(
         task_queue=agent_queue(agent_id),
         activities=step_activities(activities),
         max_concurrent_activities=max(4, options.capacity * 4),
+        # A cancel reaches a running step only in a heartbeat's answer: send them
+        # often enough that `stageflow cancel` stops a task in well under a second.
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         identity=f"{agent_id} pid {os.getpid()}@{socket.gethostname()}",
     )
     async with step_worker, pool_worker:

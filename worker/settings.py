@@ -14,32 +14,10 @@ from pathlib import Path
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from activities.notify import SmtpSettings
 from workflows.names import CONTROL_TASK_QUEUE
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    """Where mail goes. Without a host, mails are written to the outbox directory."""
-
-    host: str | None = None
-    port: int = 587
-    security: str = "starttls"  # starttls | ssl | none
-    user: str | None = None
-    password: str | None = None
-    sender: str = "stageflow@localhost"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SmtpSettings:
-        return cls(
-            host=env.get("STAGEFLOW_SMTP_HOST") or None,
-            port=int(env.get("STAGEFLOW_SMTP_PORT", "587")),
-            security=env.get("STAGEFLOW_SMTP_SECURITY", "starttls").lower(),
-            user=env.get("STAGEFLOW_SMTP_USER") or None,
-            password=env.get("STAGEFLOW_SMTP_PASSWORD") or None,
-            sender=env.get("STAGEFLOW_SMTP_FROM", "stageflow@localhost"),
-        )
 
 
 @dataclass(frozen=True)
