@@ -15,7 +15,9 @@ from temporalio.client import Client
 from activities.log_store import DirectoryLogStore, LogStore, read_log
 from starter.releases import StageNotFound, stage_progress
 from worker.settings import Settings
+from workflows.agent_api import log_prefix
 from workflows.release import ReleaseStatus, StageAttempt, TaskRun, TaskStatus
+from workflows.stage_jobs import log_stem
 
 FOLLOW_POLL = 0.2
 
@@ -77,13 +79,11 @@ def _key_stem(status: ReleaseStatus, stage: str, attempt: StageAttempt, run: Tas
         match = re.search(_TRY_SUFFIX.pattern + "$", name)
         return f"{directory}/{name[: match.start()] if match else name}"
     # Not logged in the status (canceled, or its agent was lost): the key the
-    # workflow gives the task (workflows/stage_workflow.py log_key).
+    # workflow gives the task.
     job_runs = [r for r in attempt.tasks if r.job == run.job]
     index = next(i for i, r in enumerate(job_runs, 1) if r is run)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.task).strip("-").lower() or "task"
-    return (
-        f"{status.pipeline}/{status.number}/{stage}/{attempt.attempt}/{run.job}/{index:02d}-{slug}"
-    )
+    prefix = log_prefix(status.pipeline, status.number, stage, attempt.attempt, run.job)
+    return log_stem(prefix, index, run.task)
 
 
 def try_logs(store: LogStore, stem: str) -> list[TryLog]:

@@ -169,11 +169,6 @@ async def test_log_of_a_lost_agent_is_kept_and_marked_cut_short(stack: Stack) ->
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the workflow to give a job's re-run on another agent its own log keys "
-    "(`01-long-deploy.job2.log`): today the re-run's log replaces the lost agent's",
-)
 async def test_log_of_a_lost_agent_is_shown_before_the_job_rerun(stack: Stack) -> None:
     pipeline = stack.write_pipeline(LOST.format(suffix=stack.suffix, dir=stack.root, retries=1))
     await stack.start_worker()

@@ -16,6 +16,11 @@ from workflows.release import ResolvedArtifact
 LEASE_GRANTED_SIGNAL = "lease_granted"
 
 
+def log_prefix(pipeline: str, number: int, stage: str, attempt: int, job: str) -> str:
+    """The log store folder of one job of one deployment: `webapp/42/dev/1/deploy`."""
+    return f"{pipeline}/{number}/{stage}/{attempt}/{job}"
+
+
 class JobContext(Model):
     """Which job of which deployment an agent is working for."""
 
@@ -30,7 +35,7 @@ class JobContext(Model):
     @property
     def log_prefix(self) -> str:
         """Where this job's logs go in the log store."""
-        return f"{self.pipeline}/{self.number}/{self.stage}/{self.attempt}/{self.job}"
+        return log_prefix(self.pipeline, self.number, self.stage, self.attempt, self.job)
 
     def environment(self) -> dict[str, str]:
         return {

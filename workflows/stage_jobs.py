@@ -65,11 +65,16 @@ class AgentLost(Exception):
 def log_key(context: JobContext, index: int, task: Task, try_number: int, job_try: int = 1) -> str:
     """Where a task's log lives in the log store: one key per try, a job moved to
     another agent (`.job2`) and a task retried (`.try2`) each get their own."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", task.name).strip("-").lower() or "task"
     suffix = (f".job{job_try}" if job_try > 1 else "") + (
         f".try{try_number}" if try_number > 1 else ""
     )
-    return f"{context.log_prefix}/{index:02d}-{slug}{suffix}.log"
+    return f"{log_stem(context.log_prefix, index, task.name)}{suffix}.log"
+
+
+def log_stem(prefix: str, index: int, task_name: str) -> str:
+    """The key of a task's logs without the try suffix: `<job prefix>/01-deploy-db`."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", task_name).strip("-").lower() or "task"
+    return f"{prefix}/{index:02d}-{slug}"
 
 
 def task_segments(tasks: list[Task]) -> list[tuple[bool, list[int]]]:
