@@ -32,6 +32,7 @@ from workflows.names import (
     CONTROL_TASK_QUEUE,
     pipeline_workflow_id,
     release_workflow_id,
+    stage_workflow_id,
 )
 from workflows.pipeline_workflow import (
     CreatedRelease,
@@ -267,10 +268,17 @@ async def _act_on_stage(
     A deployment that has ended cannot answer; its release does (and records
     the refusal); a release that has ended too is one clear error.
     """
+    # Most decisions are on a stage's first deployment: ask it directly, one round
+    # trip. Only when it has ended (or never began) is the latest attempt looked up.
+    first = stage_workflow_id(ref.pipeline, ref.number, stage, 1)
+    try:
+        return await _update(client.get_workflow_handle(first), method, request)
+    except WorkflowClosed:
+        pass
     status = await release_status(client, ref, live=False)
     view = _stage_of(status, ref, stage)
     latest = view.latest
-    if latest is not None and not latest.status.is_final:
+    if latest is not None and latest.attempt > 1 and not latest.status.is_final:
         handle = client.get_workflow_handle_for(StageWorkflow.run, latest.workflow_id)
         try:
             return await _update(handle, method, request)
