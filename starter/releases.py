@@ -10,18 +10,21 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
     WorkflowHandle,
+    WorkflowHistoryEventFilterType,
+    WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.artifacts import resolve_artifacts
@@ -183,8 +186,17 @@ def release_handle(
 
 async def release_status(client: Client, ref: ReleaseRef, live: bool = True) -> ReleaseStatus:
     """The release's stages; with `live`, running stages carry their tasks as they stand."""
+    handle = release_handle(client, ref)
     try:
-        status = await release_handle(client, ref).query(ReleaseWorkflow.status)
+        try:
+            status = await handle.query(
+                ReleaseWorkflow.status, reject_condition=QueryRejectCondition.NOT_OPEN
+            )
+        except WorkflowQueryRejectedError as closed:
+            # Closed: what it recorded last, and whether it ended by itself or from outside.
+            status = await handle.query(ReleaseWorkflow.status)
+            if closed.status != WorkflowExecutionStatus.COMPLETED and closed.status is not None:
+                _ended_from_outside(status, closed.status.name.lower())
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ReleaseNotFound(f"release {ref} not found") from err
@@ -204,6 +216,17 @@ async def release_status(client: Client, ref: ReleaseRef, live: bool = True) -> 
     return status
 
 
+def _ended_from_outside(status: ReleaseStatus, how: str) -> None:
+    """A release workflow terminated (or timed out) in Temporal, not by Stageflow: say
+    so, and end what it shows as still running."""
+    status.state = status.status = how
+    for view in status.stages:
+        latest = view.latest
+        if latest is not None and not latest.status.is_final:
+            view.status = latest.status = StageStatus.TERMINATED
+            latest.message = f"the release workflow was {how.replace('_', ' ')} in Temporal"
+
+
 async def stage_progress(client: Client, workflow_id: str) -> StageAttempt | None:
     try:
         return await client.get_workflow_handle_for(StageWorkflow.run, workflow_id).query(
@@ -216,10 +239,24 @@ async def stage_progress(client: Client, workflow_id: str) -> StageAttempt | Non
 async def release_history(client: Client, ref: ReleaseRef) -> list[AuditEvent]:
     """The release's own events and every deployment's decisions, in time order."""
     status = await release_status(client, ref)  # a clear error for an unknown release
-    events = list(await release_handle(client, ref).query(ReleaseWorkflow.history))
+    handle = release_handle(client, ref)
+    events = list(await handle.query(ReleaseWorkflow.history))
     for view in status.stages:
         for attempt in view.attempts:
             events += attempt.events
+    if status.state == "terminated":
+        async for event in handle.fetch_history_events(
+            event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT
+        ):
+            attributes = event.workflow_execution_terminated_event_attributes
+            events.append(
+                AuditEvent(
+                    time=event.event_time.ToDatetime(tzinfo=UTC),
+                    actor=attributes.identity or "temporal",
+                    action="terminate",
+                    detail=attributes.reason or "terminated in Temporal",
+                )
+            )
     return sorted(events, key=lambda event: event.time)
 
 

@@ -71,14 +71,17 @@ class ActivityRef(Generic[I, R]):
     schedule_to_close: Timeout[I] = None
     heartbeat: timedelta | None = None
     retry: RetryPolicy = field(default_factory=lambda: NO_RETRY)
+    # How long it may wait for a worker to pick it up (None: as long as it may take).
+    schedule_to_start: timedelta | None = None
+    # Wait for the worker to confirm a cancellation (the workflow must know the
+    # task's processes are dead before it moves on), or cancel and go on.
+    wait_for_cancel: bool = False
 
-    # An activity with a heartbeat is waited for when canceled: the workflow knows
-    # its subprocess is dead before it moves on. Without one, cancel and go on.
     @property
     def cancellation(self) -> workflow.ActivityCancellationType:
         return (
             workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-            if self.heartbeat and self.queue == "agent"
+            if self.wait_for_cancel
             else workflow.ActivityCancellationType.TRY_CANCEL
         )
 
@@ -98,6 +101,7 @@ class ActivityRef(Generic[I, R]):
             task_queue=task_queue,
             start_to_close_timeout=start_to_close or _resolve(self.start_to_close, arg),
             schedule_to_close_timeout=_resolve(self.schedule_to_close, arg),
+            schedule_to_start_timeout=self.schedule_to_start,
             heartbeat_timeout=self.heartbeat,
             retry_policy=self.retry,
             cancellation_type=self.cancellation,
@@ -144,6 +148,17 @@ DOWNLOAD_ARTIFACTS = ActivityRef(
     queue="agent",
     start_to_close=timedelta(hours=2),
 )
+RENEW_LEASE = ActivityRef(
+    "renew_lease",
+    LeaseRequest,
+    LeaseResult,
+    queue="agent",
+    start_to_close=timedelta(hours=2),  # the job's timeout + 10m, given at the call
+    heartbeat=LEASE_HEARTBEAT_TIMEOUT,
+    # An agent that still holds the lease picks this up as soon as it polls again;
+    # one that is gone never does.
+    schedule_to_start=timedelta(seconds=15),
+)
 RUN_TASK = ActivityRef(
     "run_task",
     RunTaskRequest,
@@ -151,6 +166,15 @@ RUN_TASK = ActivityRef(
     queue="agent",
     start_to_close=lambda request: request.task.timeout + timedelta(minutes=1),
     heartbeat=TASK_HEARTBEAT_TIMEOUT,
+    # Retried only after Temporal lost sight of it (a heartbeat timeout while the
+    # server was down): the retry lands on the same agent, which attaches to the
+    # run still going or returns its result, by the try's key. Never a second run.
+    retry=RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=10,
+    ),
+    wait_for_cancel=True,
 )
 SHIP_LOGS = ActivityRef(
     "ship_logs",
@@ -190,6 +214,7 @@ SEND_NOTIFICATION = ActivityRef(
 
 ALL: list[ActivityRef] = [  # type: ignore[type-arg]
     LEASE_AGENT,
+    RENEW_LEASE,
     DOWNLOAD_ARTIFACTS,
     RUN_TASK,
     SHIP_LOGS,

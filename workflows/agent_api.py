@@ -65,7 +65,10 @@ class LeaseGranted(Model):
 
 class LeaseResult(Model):
     agent_id: str
-    ended: str = Field(description="completed (cleanup ran) or canceled")
+    ended: str = Field(
+        description="completed (the job is done), canceled, or handed_back (the agent is "
+        "draining: the job's remaining tasks go to another agent)"
+    )
 
 
 class DownloadRequest(Model):
@@ -115,6 +118,11 @@ class RunTaskResult(Model):
     message: str = ""
     log_key: str | None = Field(None, description="set when run_task shipped the log itself")
     lease_ended: bool = Field(False, description="the agent ended the lease after this task")
+    interrupted: bool = Field(
+        False,
+        description="the agent was draining and stopped the task at its drain timeout: "
+        "not the task's failure; it runs again, as a new try, on another agent",
+    )
 
 
 class TaskProgress(Model):

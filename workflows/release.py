@@ -33,6 +33,7 @@ class StageStatus(StrEnum):
     SCHEDULED = "scheduled"
     WAITING_FOR_INTERVENTION = "waiting_for_intervention"
     REJECTED = "rejected"
+    TERMINATED = "terminated"  # ended from outside Stageflow (e.g. `temporal workflow terminate`)
 
     @property
     def is_final(self) -> bool:
@@ -47,6 +48,7 @@ FINAL_STATUSES = frozenset(
         StageStatus.CANCELED,
         StageStatus.SKIPPED,
         StageStatus.REJECTED,
+        StageStatus.TERMINATED,
     }
 )
 
@@ -141,6 +143,7 @@ class AgentSession(Model):
     leased_at: datetime
     ended_at: datetime | None = None
     lost: bool = False
+    handed_back: bool = Field(False, description="the agent was draining and gave the job back")
 
 
 class StageAttempt(Model):
@@ -212,6 +215,8 @@ def release_status_of(stages: list[StageView], state: str) -> str:
         return "in_progress"
     if any(s == StageStatus.FAILED for s in statuses):
         return "failed"
+    if any(s == StageStatus.TERMINATED for s in statuses):
+        return "terminated"
     if any(s == StageStatus.REJECTED for s in statuses):
         return "rejected"
     if any(s == StageStatus.CANCELED for s in statuses):

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ChildWorkflowError
+from temporalio.exceptions import ChildWorkflowError, TerminatedError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.activity_refs import send_in_background
@@ -331,11 +331,16 @@ class ReleaseWorkflow:
             self._update_status_attribute()
             result = await handle
         except ChildWorkflowError as err:
+            terminated = isinstance(err.cause, TerminatedError)
             result = view.attempts[-1].model_copy(
                 update={
-                    "status": StageStatus.FAILED,
+                    "status": StageStatus.TERMINATED if terminated else StageStatus.FAILED,
                     "ended_at": workflow.now(),
-                    "message": f"stage workflow failed: {err.cause or err}",
+                    "message": (
+                        "the stage workflow was terminated in Temporal"
+                        if terminated
+                        else f"stage workflow failed: {err.cause or err}"
+                    ),
                 }
             )
         finally:

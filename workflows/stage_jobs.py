@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Literal, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutType
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         CLEANUP,
         DOWNLOAD_ARTIFACTS,
         LEASE_AGENT,
+        RENEW_LEASE,
         RUN_TASK,
         SHIP_LOGS,
         ActivityRef,
@@ -60,6 +61,15 @@ R = TypeVar("R")
 
 class AgentLost(Exception):
     """The agent holding the job's lease stopped heartbeating (crashed or was killed)."""
+
+
+class HandedBack(Exception):
+    """The agent is draining (SIGTERM) and gave the job back: its remaining tasks go to
+    another agent, and this does not count as a lost agent."""
+
+
+# How many times one lease may be renewed after Temporal lost sight of it.
+MAX_RENEWALS = 10
 
 
 def log_key(context: JobContext, index: int, task: Task, try_number: int, job_try: int = 1) -> str:
@@ -102,6 +112,7 @@ class AgentLease:
         self.d, self.grants, self.job, self.context = d, grants, job, context
         self.job_try = job_try
         self.ended_by_agent = False
+        self.renewals = 0
 
     async def __aenter__(self) -> AgentLease:
         job, context = self.job, self.context
@@ -177,6 +188,8 @@ class AgentLease:
         If the lease ends first (its heartbeat timed out), the agent is gone:
         the step is abandoned and AgentLost raised.
         """
+        if self.handed_back:
+            raise HandedBack()
         handle = ref.start(
             arg,
             task_queue=self.granted.task_queue,
@@ -184,7 +197,10 @@ class AgentLease:
             start_to_close=start_to_close,
         )
         try:
-            await workflow.wait([handle, self.handle], return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                await workflow.wait([handle, self.handle], return_when=asyncio.FIRST_COMPLETED)
+                if handle.done() or _ended_well(self.handle) or not self._renew():
+                    break
         except asyncio.CancelledError:
             handle.cancel()
             try:
@@ -193,20 +209,53 @@ class AgentLease:
                 pass
             raise
         if not handle.done() and _ended_well(self.handle):
-            # The agent ended the lease itself with this step (the job's last task):
-            # the step's own result is on its way.
+            # The agent ended the lease itself with this step (the job's last task, or a
+            # hand-back after the step): the step's own result is on its way.
             await workflow.wait([handle])
         if not handle.done():
             handle.cancel()
             raise AgentLost()
         try:
-            return handle.result()
+            result = handle.result()
         except ActivityError as err:
-            if isinstance(err.cause, ActivityTimeout) or (
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == "LeaseHandedBack":
+                raise HandedBack() from err
+            if isinstance(cause, ActivityTimeout) or (
                 self.handle.done() and not _ended_well(self.handle)
             ):
                 raise AgentLost() from err
             raise
+        if getattr(result, "interrupted", False):
+            raise HandedBack()
+        return result
+
+    @property
+    def handed_back(self) -> bool:
+        return _ended_well(self.handle) and self.handle.result().ended == "handed_back"
+
+    def _renew(self) -> bool:
+        """The lease ended badly. If only its heartbeat timed out — the agent may be fine
+        and the Temporal server was away — ask the agent to go on holding it: an agent
+        that still has the lease picks the renewal up when it polls again; a dead one
+        never does, and the renewal's schedule-to-start timeout says so."""
+        error = self.handle.exception() if not self.handle.cancelled() else None
+        cause = error.cause if isinstance(error, ActivityError) else None
+        if (
+            not isinstance(cause, ActivityTimeout)
+            or cause.type != TimeoutType.HEARTBEAT
+            or self.renewals >= MAX_RENEWALS
+            or not workflow.patched("lease-renewal")
+        ):
+            return False
+        self.renewals += 1
+        self.handle = RENEW_LEASE.start(
+            LeaseRequest(context=self.context),
+            task_queue=self.granted.task_queue,
+            summary=f"renew the lease on {self.granted.agent_name} (after losing sight of it)",
+            start_to_close=self.job.timeout + timedelta(minutes=10),
+        )
+        return True
 
 
 def _ended_well(handle: workflow.ActivityHandle[LeaseResult]) -> bool:
@@ -267,14 +316,18 @@ class Jobs:
     async def _run_on_agent(
         self, job: Job, runs: list[TaskRun], indexes: list[int], segment: int
     ) -> None:
-        tries = 1 + self.d.stage.agent_lost_retries
-        for try_number in range(1, tries + 1):
-            context = self._context(job, try_number, segment)
+        """The segment's tasks on one leased agent; on another if it is lost (up to
+        `agent_lost_retries` times) or hands the job back (a drain: not counted)."""
+        tries, lost, job_try = 1 + self.d.stage.agent_lost_retries, 0, 0
+        pending = list(indexes)
+        while lost < tries:
+            job_try += 1
+            context = self._context(job, job_try, segment)
             try:
-                async with AgentLease(self.d, self.grants, job, context, try_number) as lease:
+                async with AgentLease(self.d, self.grants, job, context, job_try) as lease:
                     try:
                         await self._download(lease, context)
-                        await self._run_tasks(lease, context, job, runs, indexes)
+                        await self._run_tasks(lease, context, job, runs, pending)
                         return
                     except ActivityError as err:
                         # Not the task's failure but the job's: e.g. an artifact that cannot be had.
@@ -288,15 +341,39 @@ class Jobs:
                         return
                     except AgentLost:
                         lease.session.lost = True
-                        self._lost(lease, job, [runs[i] for i in indexes], try_number, tries)
-            except AgentLost as lost:
-                self.d.attempt.message = str(lost)
-                continue
+                        lost += 1
+                        self._lost(lease, job, [runs[i] for i in indexes], lost, tries)
+                        pending = list(indexes)
+                    except HandedBack:
+                        lease.session.handed_back = True
+                        pending = self._handed_back(lease, job, runs, pending)
+                        if not pending:
+                            return
+            except AgentLost as gone:
+                self.d.attempt.message = str(gone)
+                lost += 1
         self.error = f"job {job.name!r}: the agent was lost {tries} times"
         self.d.attempt.message = self.error
 
+    def _handed_back(
+        self, lease: AgentLease, job: Job, runs: list[TaskRun], pending: list[int]
+    ) -> list[int]:
+        """A draining agent gave the job back: what it finished stays finished, the task
+        it stopped (if any) and the rest run on another agent."""
+        left = []
+        for index in pending:
+            run = runs[index]
+            if run.status in (TaskStatus.PENDING, TaskStatus.IN_PROGRESS):
+                run.status, run.exit_code, run.message = TaskStatus.PENDING, None, ""
+                left.append(index)
+        self.d.attempt.message = (
+            f"agent {lease.granted.agent_name} handed job {job.name!r} back (draining)"
+            + (f"; {len(left)} task(s) go to another agent" if left else "")
+        )
+        return left
+
     def _lost(
-        self, lease: AgentLease, job: Job, runs: list[TaskRun], try_number: int, tries: int
+        self, lease: AgentLease, job: Job, runs: list[TaskRun], lost: int, tries: int
     ) -> None:
         """The job goes back to pending; each try's log so far stays listed."""
         for run in runs:
@@ -304,8 +381,8 @@ class Jobs:
         self.d.attempt.message = (
             f"agent {lease.granted.agent_name} was lost during job {job.name!r}"
             + (
-                f"; moving the job to another agent (try {try_number + 1} of {tries})"
-                if try_number < tries
+                f"; moving the job to another agent (try {lost + 1} of {tries})"
+                if lost < tries
                 else "; no tries left"
             )
         )
