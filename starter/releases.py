@@ -31,6 +31,7 @@ from starter.artifacts import resolve_artifacts
 from starter.pipeline_loader import load_pipeline
 from workflows.approval_policy import Decision
 from workflows.audit import AuditEvent
+from workflows.mail import approvers_to_mail
 from workflows.names import (
     CONTROL_TASK_QUEUE,
     pipeline_workflow_id,
@@ -59,6 +60,7 @@ from workflows.release import (
 )
 from workflows.release_workflow import ReleaseWorkflow
 from workflows.stage_workflow import StageWorkflow
+from workflows.who_may import Deciders
 
 CREATE_RETRY_SECONDS = 120
 RETRYABLE_RPC = {
@@ -458,15 +460,23 @@ async def waiting_on_people(client: Client, user: str | None = None) -> list[Wai
 def _waits_of(
     ref: ReleaseRef, spec: ReleaseSpec, stage: str, progress: StageAttempt
 ) -> list[Waiting]:
-    def waiting(kind: str, phase: str, entries: list[str], deadline: datetime | None) -> Waiting:
-        users = [u for entry in entries for u in spec.pipeline.members(entry)]
+    """What one deployment waits for, and who can act now — by the same rules the
+    workflow judges with (workflows/who_may.py) and mails by (workflows/mail.py)."""
+    deciders = Deciders(spec.pipeline, spec.pipeline.stage(stage), spec.created_by)
+
+    def waiting(
+        kind: str, phase: str, entries: list[str], users: list[str], deadline: datetime | None
+    ) -> Waiting:
         return Waiting(ref, spec.name, stage, progress, kind, phase, entries, users, deadline)
 
-    waits = [
-        waiting("approval", a.phase, a.waiting_for, a.deadline)
-        for a in progress.approvals
-        if a.status == "pending"
-    ]
+    waits = []
+    for approval in progress.approvals:
+        policy = deciders.policy(approval.phase)
+        if approval.status == "pending" and policy is not None:
+            users = approvers_to_mail(policy, approval)
+            waits.append(
+                waiting("approval", approval.phase, approval.waiting_for, users, approval.deadline)
+            )
     if progress.status == StageStatus.WAITING_FOR_INTERVENTION:
         task = next((t for t in progress.tasks if t.status == "in_progress"), None)
         entries: list[str] = []
@@ -474,9 +484,12 @@ def _waits_of(
             for candidate in job.tasks:
                 if task and candidate.name == task.task and candidate.manual_intervention:
                     entries = candidate.manual_intervention.approvers
-        waits.append(waiting("intervention", "", entries, progress.waiting_until))
-    if progress.status == StageStatus.DEFERRED:
-        approval = progress.approval("pre")
-        entries = approval.approvers if approval else []
-        waits.append(waiting("deferred", "pre", entries, progress.waiting_until))
+        users = deciders.of(entries)
+        waits.append(waiting("intervention", "", entries, users, progress.waiting_until))
+    pre = deciders.policy("pre")
+    if progress.status == StageStatus.DEFERRED and pre is not None:
+        users = [u for u in pre.users() if pre.approvals.creator_can_approve or u != pre.creator]
+        waits.append(
+            waiting("deferred", "pre", pre.approvals.approvers, users, progress.waiting_until)
+        )
     return waits
