@@ -150,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--capacity", type=int, default=1)
     agent.add_argument("--work-dir")
     up = command("up", "run the local stack: server, control worker and one agent")
-    up.add_argument("--port", type=int, default=7233)
-    up.add_argument("--headless", action="store_true")
+    up.add_argument(
+        "--port", type=int, default=7233, help="gRPC port; the Web UI is on port + 1000"
+    )
+    up.add_argument("--headless", action="store_true", help="no Web UI")
     up.add_argument("--pool", default="linux", help="the pool of the agent it starts")
     return parser
 
@@ -257,19 +259,9 @@ async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.devserver import start_dev_server, stop_process
+    from worker.up import run_server
 
-    process = start_dev_server(settings.data_dir, args.port, headless=args.headless)
-    print(
-        f"Temporal dev server on 127.0.0.1:{args.port} (pid {process.pid}), data in {settings.data_dir}"
-    )
-    if not args.headless:
-        print(f"Web UI: http://127.0.0.1:{args.port + 1000}")
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        stop_process(process)
-        return Exit.OK
+    return asyncio.run(run_server(settings, args.port, headless=args.headless))
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -297,9 +289,13 @@ async def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.up import run_stack
+    from worker.up import StackFailed, run_stack
 
-    return await run_stack(settings, args.port, headless=args.headless, pool=args.pool)
+    try:
+        return await run_stack(settings, args.port, headless=args.headless, pool=args.pool)
+    except StackFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return Exit.USAGE
 
 
 # --- plumbing ----------------------------------------------------------------------------
