@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 from activities.artifacts import ArtifactCache
 from activities.log_store import LogStore
 from activities.logs import LogWriter, SecretMasker
+from activities.masking import heartbeat, masks_secrets, running_masker
 from activities.process import run_process
 from workflows.activity_refs import CLEANUP, DOWNLOAD_ARTIFACTS, LEASE_AGENT, RUN_TASK, SHIP_LOGS
 from workflows.agent_api import (
@@ -108,6 +109,7 @@ class AgentActivities:
     # --- the lease, on pool/<pool> ------------------------------------------------------
 
     @activity.defn(name=LEASE_AGENT.name)
+    @masks_secrets
     async def lease_agent(self, request: LeaseRequest) -> LeaseResult:
         """Hold this agent for one job until `cleanup` ends it or the workflow cancels it.
 
@@ -147,6 +149,7 @@ class AgentActivities:
     # --- the job's steps, on agent/<agent-id> -------------------------------------------
 
     @activity.defn(name=DOWNLOAD_ARTIFACTS.name)
+    @masks_secrets
     async def download_artifacts(self, request: DownloadRequest) -> DownloadResult:
         """Put every artifact under $STAGEFLOW_ARTIFACTS/<alias>, through the content cache.
 
@@ -183,6 +186,7 @@ class AgentActivities:
         return DownloadResult(artifacts=results)
 
     @activity.defn(name=RUN_TASK.name)
+    @masks_secrets
     async def run_task(self, request: RunTaskRequest) -> RunTaskResult:
         """Run one task; its output streams to a local log, secrets masked.
 
@@ -199,7 +203,7 @@ class AgentActivities:
         lease = self._lease(request.context)
         task = request.task
         log_path = lease.log_dir / f"{request.index:02d}-try{request.try_number}.log"
-        with LogWriter(log_path) as log:
+        with LogWriter(log_path, masker=running_masker()) as log:
             log.note(f"task {task.name!r} ({task.kind}) on agent {self.agent_name}")
             linked = request.log_key is not None and await asyncio.to_thread(
                 self._log_store.link, request.log_key, log_path
@@ -259,7 +263,7 @@ class AgentActivities:
                     log=log,
                     masker=masker,
                     timeout=task.timeout.total_seconds(),
-                    on_progress=lambda: activity.heartbeat(
+                    on_progress=lambda: heartbeat(
                         TaskProgress(
                             bytes=log.bytes_written,
                             last_lines=log.last_lines(5),
@@ -283,8 +287,9 @@ class AgentActivities:
                     message=message,
                 )
             runner = {"template": _render_template, "copy": _copy, "http": _http}[task.kind]
+            run = InProcessTask(task, lease.job_dir / "artifacts", cwd, variables, log, masker)
             await asyncio.wait_for(
-                _heartbeating(runner(task, lease, cwd, variables, log, masker), task.name),
+                _heartbeating(runner(run), task.name),
                 timeout=task.timeout.total_seconds(),
             )
             log.note("##[stageflow] succeeded")
@@ -306,12 +311,14 @@ class AgentActivities:
         )
 
     @activity.defn(name=SHIP_LOGS.name)
+    @masks_secrets
     async def ship_logs(self, request: ShipLogsRequest) -> ShipLogsResult:
         """Copy a task's local log (and its timestamp index) to the log store. Idempotent."""
         size = await asyncio.to_thread(self._log_store.put, request.key, Path(request.log_path))
         return ShipLogsResult(key=request.key, bytes=size)
 
     @activity.defn(name=CLEANUP.name)
+    @masks_secrets
     async def cleanup(self, request: CleanupRequest) -> None:
         """Remove the job's work dir and end its lease here, so the agent is free at once."""
         lease = self._leases.get(request.context.lease_id)
@@ -329,6 +336,16 @@ class AgentActivities:
                 non_retryable=True,
             )
         return lease
+
+    def secret_values(self, request: Any) -> list[str]:
+        """The secret values a step's request works with, masked in all it sends back
+        (`masks_secrets`). One that does not resolve cannot leak; `run_task` says why."""
+        refs = request.secrets if isinstance(request, RunTaskRequest) else {}
+        values: list[str] = []
+        for name, ref in refs.items():
+            with contextlib.suppress(TaskError):
+                values.extend(self._resolve_secrets({name: ref}).values())
+        return values
 
     def _resolve_secrets(self, refs: dict[str, SecretRef]) -> dict[str, str]:
         values = {}
@@ -399,14 +416,17 @@ class AgentActivities:
 # --- in-process task kinds -------------------------------------------------------------
 
 
+# Templates render in a sandbox: a pipeline's text is data, not code the agent trusts.
+SANDBOX = SandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+
+
 def _render(text: str, variables: dict[str, str]) -> str:
     """Render a task input as a template; variables' values are data, never re-rendered."""
     if "{{" not in text and "{%" not in text:
         return text
-    env = SandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-    )
-    return env.from_string(text).render(variables)
+    return SANDBOX.from_string(text).render(variables)
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -415,50 +435,56 @@ def _inside(root: Path, relative: str) -> Path:
     return path if path.is_absolute() else (root / path)
 
 
-async def _render_template(
-    task: Task,
-    lease: LeaseState,
-    cwd: Path,
-    variables: dict[str, str],
-    log: LogWriter,
-    masker: SecretMasker,
-) -> None:
-    spec = task.template
+@dataclass(frozen=True)
+class InProcessTask:
+    """A template, copy or http task as the agent runs it in its own process.
+
+    `variables` are the task's variables, its secrets and the STAGEFLOW_* context;
+    `masker` masks the response body an http task logs (its notes are masked by
+    the log itself).
+    """
+
+    task: Task
+    artifacts: Path
+    cwd: Path
+    variables: dict[str, str]
+    log: LogWriter
+    masker: SecretMasker
+
+    def render(self, text: str) -> str:
+        return _render(text, self.variables)
+
+    def artifact(self, path: str) -> Path:
+        """A path (rendered) in $STAGEFLOW_ARTIFACTS."""
+        return _inside(self.artifacts, self.render(path))
+
+    def target(self, path: str) -> Path:
+        """A path (rendered) under the task's working dir."""
+        return _inside(self.cwd, self.render(path))
+
+
+async def _render_template(run: InProcessTask) -> None:
+    spec = run.task.template
     assert spec is not None
-    source = _inside(lease.job_dir / "artifacts", _render(spec.source, variables))
-    target = _inside(cwd, _render(spec.target, variables))
+    source = run.artifact(spec.source)
+    target = run.target(spec.target)
     if not source.is_file():
         raise TaskError(f"template {spec.source} is not in the artifacts")
-    env = SandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-    )
-    context: dict[str, Any] = {**variables, "env": dict(variables)}
-    text = env.from_string(source.read_text()).render(context)
+    context: dict[str, Any] = {**run.variables, "env": dict(run.variables)}
+    text = SANDBOX.from_string(source.read_text()).render(context)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
-    log.note(f"rendered {spec.source} -> {target} ({len(text.encode())} bytes)")
+    run.log.note(f"rendered {spec.source} -> {target} ({len(text.encode())} bytes)")
 
 
-async def _copy(
-    task: Task,
-    lease: LeaseState,
-    cwd: Path,
-    variables: dict[str, str],
-    log: LogWriter,
-    masker: SecretMasker,
-) -> None:
-    spec = task.copy_
+async def _copy(run: InProcessTask) -> None:
+    spec = run.task.copy_
     assert spec is not None
-    target = _inside(cwd, _render(spec.target, variables))
+    target = run.target(spec.target)
     target.mkdir(parents=True, exist_ok=True)
     count = 0
     for pattern in spec.sources:
-        matches = sorted(
-            glob.glob(
-                str(_inside(lease.job_dir / "artifacts", _render(pattern, variables))),
-                recursive=True,
-            )
-        )
+        matches = sorted(glob.glob(str(run.artifact(pattern)), recursive=True))
         if not matches:
             raise TaskError(f"copy: nothing matches {pattern}")
         for match in matches:
@@ -471,31 +497,25 @@ async def _copy(
             else:
                 await asyncio.to_thread(shutil.copyfile, source, dest)
             count += 1
-            log.note(f"copied {source} -> {dest}")
-    log.note(f"copied {count} item(s) to {target}")
+            run.log.note(f"copied {source} -> {dest}")
+    run.log.note(f"copied {count} item(s) to {target}")
 
 
-async def _http(
-    task: Task,
-    lease: LeaseState,
-    cwd: Path,
-    variables: dict[str, str],
-    log: LogWriter,
-    masker: SecretMasker,
-) -> None:
-    spec = task.http
+async def _http(run: InProcessTask) -> None:
+    spec = run.task.http
     assert spec is not None
-    url = _render(spec.url, variables)
+    url = run.render(spec.url)
     expected = spec.expect_status if isinstance(spec.expect_status, list) else [spec.expect_status]
     async with httpx.AsyncClient(timeout=spec.timeout.total_seconds()) as client:
         response = await client.request(
             spec.method,
             url,
-            headers={k: _render(v, variables) for k, v in spec.headers.items()},
-            content=_render(spec.body, variables).encode() if spec.body is not None else None,
+            headers={k: run.render(v) for k, v in spec.headers.items()},
+            content=run.render(spec.body).encode() if spec.body is not None else None,
         )
-    log.write(masker.feed(f"{spec.method} {url} -> {response.status_code}\n".encode()))
-    log.write(masker.feed(response.content[:4096]) + masker.flush())
+    # The request line is masked as text: a secret in a URL may be URL-encoded there.
+    run.log.write(run.masker.mask(f"{spec.method} {url} -> {response.status_code}\n").encode())
+    run.log.write(run.masker.feed(response.content[:4096]) + run.masker.flush())
     if response.status_code not in expected:
         raise TaskError(
             f"{spec.method} {url} answered {response.status_code}, expected "
@@ -512,7 +532,7 @@ async def _heartbeating(work: Awaitable[T], what: str) -> T:
             if done:
                 return task.result()
             with contextlib.suppress(RuntimeError):  # outside an activity (tests)
-                activity.heartbeat(what)
+                heartbeat(what)
     finally:
         # Canceled (or timed out): the work stops too, it does not run on unseen.
         if not task.done():

@@ -10,15 +10,18 @@ about the speed of `cat`. `read_log` puts the timestamps back on each line.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote, quote_plus
 
 from activities.log_store import CUT_SHORT, NOTE_PREFIX, TASK_ENDED, index_path
 
 MASK = b"***"
+MASK_TEXT = MASK.decode()
 
 # How much of the output's end LogWriter keeps for heartbeats, and how it is cut.
 TAIL_BYTES = 8 * 1024
@@ -35,8 +38,9 @@ class LogWriter:
     (`last_lines`). Appending to an existing log continues its offsets.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, masker: SecretMasker | None = None) -> None:
         self._path = path
+        self._masker = masker
         path.parent.mkdir(parents=True, exist_ok=True)
         # Unbuffered: every chunk is on disk (for readers) as soon as it is written.
         self._log = open(path, "ab", buffering=0)  # closed in close()
@@ -80,8 +84,11 @@ class LogWriter:
         """Write a Stageflow line (`##[stageflow] <text>`) on a line of its own.
 
         The prefix is added unless the text already starts with it; each line of a
-        multi-line text gets it.
+        multi-line text gets it. With a masker, the task's secrets are masked: a note
+        may quote a path or URL rendered from them.
         """
+        if self._masker is not None:
+            text = self._masker.mask(text)
         lines = [
             line if line.startswith(NOTE_PREFIX) else NOTE_PREFIX + line
             for line in (text.splitlines() or [""])
@@ -160,9 +167,20 @@ class SecretMasker:
     `feed` holds back the end of a chunk while it could be the start of a secret
     (at most the longest secret's length minus one bytes), so a secret split
     across two reads is still masked; `flush` returns what is held back at the end.
+
+    `mask` masks one whole string, such as Stageflow's own messages: there the
+    value's quoted forms (Python repr, JSON, URL-encoded) are masked too, since
+    an error message quotes the path or URL it was rendered into.
     """
 
     def __init__(self, values: list[str]) -> None:
+        self.values = [v for v in dict.fromkeys(values) if v]
+        forms = {form for v in self.values for form in _quoted_forms(v)}
+        self._text_pattern = (
+            re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+            if forms
+            else None
+        )
         secrets = {v.encode("utf-8") for v in values if v}
         # Longest first: where one secret starts with another, mask the whole one.
         self._secrets = sorted(secrets, key=len, reverse=True)
@@ -172,6 +190,12 @@ class SecretMasker:
         self._first_bytes = {s[:1] for s in self._secrets}
         self._keep = max((len(s) for s in self._secrets), default=1) - 1
         self._pending = b""
+
+    def mask(self, text: str) -> str:
+        """`text` with every secret value, and each of its quoted forms, as `***`."""
+        if self._text_pattern is None or not text:
+            return text
+        return self._text_pattern.sub(MASK_TEXT, text)
 
     def feed(self, chunk: bytes) -> bytes:
         """Masked bytes ready to write: the held-back bytes and this chunk, minus a
@@ -211,3 +235,16 @@ class SecretMasker:
             if any(len(s) > len(rest) and s.startswith(rest) for s in self._secrets):
                 return start
         return len(data)
+
+
+def _quoted_forms(value: str) -> set[str]:
+    """How a value may appear inside a message: as is, in a repr or JSON string
+    (escapes), URL-encoded (a query parameter)."""
+    return {
+        value,
+        repr(value)[1:-1],
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        quote(value, safe=""),
+        quote_plus(value, safe=""),
+    } - {""}
