@@ -7,21 +7,26 @@ Every model rejects unknown fields, so a typo is an error naming its path.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from workflows.stage_dag import find_cycle
 
@@ -108,7 +113,52 @@ Text = Annotated[
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# What a new pipeline's names may be: NAME_PATTERN without `..` (they become parts of paths).
+NEW_NAME_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_-])*\.?$"
 VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(NAME_PATTERN)
+
+# Rules added after releases were recorded (names without `..`, no variable that a
+# shell or loader reads) hold for a pipeline validated now (`Pipeline.validate_new`),
+# not for one decoded from a workflow history: a running release still decodes after
+# an upgrade.
+_NEW_PIPELINE = "stageflow_new_pipeline"
+
+
+def _is_new(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get(_NEW_PIPELINE))
+
+
+def _check_name(value: str, info: ValidationInfo) -> str:
+    if not _NAME.match(value) or (_is_new(info) and ".." in value):
+        raise ValueError(
+            f"{value!r} is not a valid name: letters, digits, '.', '_' and '-', starting"
+            " with a letter or digit, without '..' (names become parts of paths)"
+        )
+    return value
+
+
+# Pipeline, stage, job, pool and artifact names.
+Name = Annotated[
+    str,
+    AfterValidator(_check_name),
+    WithJsonSchema({"type": "string", "pattern": NEW_NAME_PATTERN}),
+]
+
+
+def _first_repeat(items: Iterable[str]) -> str | None:
+    """The first item seen twice (in linear time: a pipeline may have thousands of stages)."""
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
+
+
+def _some(names: list[str], most: int = 20) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", … ({len(names)} in all)" if len(names) > most else "")
 
 
 class Model(BaseModel):
@@ -145,15 +195,108 @@ class SecretRef(Model):
 VariableValue = Text | SecretRef
 Variables = dict[str, VariableValue]
 
+# Read at start by the task's shell, by the dynamic loader or by an interpreter: a value
+# would run code, or change how every script runs, before the script's first line.
+_SHELL_NAMES = frozenset(
+    {"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "IFS", "CDPATH"}
+    | {"GLOBIGNORE"}
+)
+_RESERVED_PREFIXES = (
+    ("LD_", "is read by the dynamic loader of every program the task starts"),
+    ("PYTHON", "is read by Python at start"),
+    ("PERL5LIB", "is read by Perl at start"),
+    ("PERL5OPT", "is read by Perl at start"),
+    ("RUBYOPT", "is read by Ruby at start"),
+    ("NODE_OPTIONS", "is read by Node.js at start"),
+    ("STAGEFLOW_", "is one of the names the agent sets for every task"),
+)
 
-def _check_variable_names(variables: dict[str, Any]) -> dict[str, Any]:
-    for key in variables:
-        if not VARIABLE_PATTERN.match(key):
-            raise ValueError(
-                f"{key!r} is not a valid variable name (letters, digits and _, "
-                "not starting with a digit): tasks see variables as environment variables"
-            )
-    return variables
+
+def reserved_variable(name: str) -> str | None:
+    """Why `name` may not be a variable (pipeline, stage, task `env` or release-time), or None."""
+    if name in _SHELL_NAMES:
+        return f"{name} is read by the task's shell at start: not allowed as a variable"
+    for prefix, why in _RESERVED_PREFIXES:
+        if name.startswith(prefix):
+            return f"{name} {why}: not allowed as a variable"
+    return None
+
+
+def _check_variable_name(name: str, info: ValidationInfo) -> str:
+    if not VARIABLE_PATTERN.match(name):
+        raise ValueError(
+            f"{name!r} is not a valid variable name (letters, digits and _, "
+            "not starting with a digit): tasks see variables as environment variables"
+        )
+    reason = reserved_variable(name) if _is_new(info) else None
+    if reason:
+        raise ValueError(reason)
+    return name
+
+
+VariableName = Annotated[str, AfterValidator(_check_variable_name)]
+
+
+def _declared(value: Any) -> tuple[Any, bool] | None:
+    """`{value: ..., settable: true}` as (value, settable); None for the other forms."""
+    if not isinstance(value, dict) or "secret" in value:
+        return None
+    unknown = sorted(str(key) for key in value if key not in ("value", "settable"))
+    if unknown:
+        raise ValueError(
+            f"unknown field {unknown[0]!r}: a variable is text, {{secret: ...}}"
+            " or {value: ..., settable: true}"
+        )
+    settable = value.get("settable", False)
+    if not isinstance(settable, bool):
+        raise ValueError(f"`settable` is true or false (found {settable!r})")
+    return value.get("value", ""), settable
+
+
+def _pipeline_variable(value: Any) -> Any:
+    declared = _declared(value)
+    return value if declared is None else declared[0]
+
+
+def _stage_variable(value: Any) -> Any:
+    declared = _declared(value)
+    if declared is None:
+        return value
+    if declared[1]:
+        raise ValueError(
+            "only pipeline variables are settable at release time"
+            " (a release-time value applies to every stage)"
+        )
+    return declared[0]
+
+
+_VARIABLE_FORMS = {
+    "anyOf": [
+        {"type": ["string", "number", "boolean"]},
+        {
+            "type": "object",
+            "properties": {"secret": {"type": "string", "description": "env:NAME or file:PATH"}},
+            "required": ["secret"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "value": {"type": ["string", "number", "boolean"]},
+                "settable": {"type": "boolean", "description": "a release may set it (--var)"},
+            },
+            "additionalProperties": False,
+        },
+    ]
+}
+PipelineVariables = Annotated[
+    dict[VariableName, Annotated[VariableValue, BeforeValidator(_pipeline_variable)]],
+    WithJsonSchema({"type": "object", "additionalProperties": _VARIABLE_FORMS}),
+]
+StageVariables = Annotated[
+    dict[VariableName, Annotated[VariableValue, BeforeValidator(_stage_variable)]],
+    WithJsonSchema({"type": "object", "additionalProperties": _VARIABLE_FORMS}),
+]
 
 
 # --- artifacts -------------------------------------------------------------------
@@ -162,7 +305,7 @@ def _check_variable_names(variables: dict[str, Any]) -> dict[str, Any]:
 class LocalArtifact(Model):
     """A drop folder holding one sub-folder or archive per version."""
 
-    alias: str = Field(pattern=NAME_PATTERN)
+    alias: Name
     type: Literal["local"]
     path: str = Field(description="the drop folder, relative to the pipeline file")
     version: str = Field("latest", description="default version; `latest` is the newest")
@@ -171,7 +314,7 @@ class LocalArtifact(Model):
 class HttpArtifact(Model):
     """A file fetched over HTTP; `url` is a template with `{{ version }}`."""
 
-    alias: str = Field(pattern=NAME_PATTERN)
+    alias: Name
     type: Literal["http"]
     url: str
     version: str | None = Field(None, description="default version when none is given")
@@ -184,7 +327,7 @@ class HttpArtifact(Model):
 class GitArtifact(Model):
     """A git repository at a ref; the release pins the commit."""
 
-    alias: str = Field(pattern=NAME_PATTERN)
+    alias: Name
     type: Literal["git"]
     repository: str
     ref: str = "HEAD"
@@ -256,7 +399,7 @@ class Task(Model):
         timedelta(hours=1), description="the task is killed when it runs longer"
     )
     retries: int = Field(0, ge=0, le=10, description="extra tries after a failure")
-    env: dict[str, Text] = {}
+    env: dict[VariableName, Text] = {}
     working_dir: str | None = Field(None, description="relative to $STAGEFLOW_WORK_DIR")
     enabled: bool = True
 
@@ -271,7 +414,6 @@ class Task(Model):
             raise ValueError(
                 f"task {self.name!r} needs exactly one of {', '.join(TASK_KINDS)} (found: {found})"
             )
-        _check_variable_names(self.env)
         return self
 
     def spec_of(self, kind: str) -> Any:
@@ -290,10 +432,8 @@ class Task(Model):
 class Job(Model):
     """Tasks that run in order on one agent leased from `pool`."""
 
-    name: str = Field("job", pattern=NAME_PATTERN)
-    pool: str | None = Field(
-        None, pattern=NAME_PATTERN, description="needed unless every task is a manual intervention"
-    )
+    name: Name = "job"
+    pool: Name | None = Field(None, description="needed unless every task is a manual intervention")
     tasks: list[Task] = Field(min_length=1)
     timeout: Duration = Field(timedelta(hours=6), description="the whole job, all tasks")
 
@@ -334,7 +474,7 @@ class JsonExpectation(Model):
 
 
 class ScriptCheck(Model):
-    pool: str = Field(pattern=NAME_PATTERN)
+    pool: Name
     run: str = Field(description="a bash command line; exit code 0 means healthy")
     timeout: Duration = timedelta(minutes=5)
 
@@ -374,10 +514,9 @@ class Gates(Model):
 
     @model_validator(mode="after")
     def _unique_labels(self) -> Gates:
-        labels = [check.label for check in self.checks]
-        for label in labels:
-            if labels.count(label) > 1:
-                raise ValueError(f"two gate checks are both called {label!r}: give them names")
+        repeated = _first_repeat(check.label for check in self.checks)
+        if repeated is not None:
+            raise ValueError(f"two gate checks are both called {repeated!r}: give them names")
         if self.interval <= timedelta(0):
             raise ValueError("`interval` must be more than 0")
         return self
@@ -478,10 +617,10 @@ Trigger = Literal["after_release", "manual"] | AfterStages
 class Stage(Model):
     """A named step of the pipeline (an environment): dev, qa, prod."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name
     trigger: Trigger = "after_release"
-    variables: Variables = {}
-    pool: str | None = Field(None, pattern=NAME_PATTERN)
+    variables: StageVariables = {}
+    pool: Name | None = None
     tasks: list[Task] | None = None
     jobs: list[Job] | None = None
     agent_lost_retries: int = Field(
@@ -495,7 +634,6 @@ class Stage(Model):
 
     @model_validator(mode="after")
     def _tasks_or_jobs(self) -> Stage:
-        _check_variable_names(self.variables)
         if self.jobs is not None and (self.tasks is not None or self.pool is not None):
             raise ValueError("a stage has either `jobs` or `pool` with `tasks`, not both")
         if self.jobs is None:
@@ -507,14 +645,13 @@ class Stage(Model):
                 raise ValueError("a stage needs `pool` and `tasks`, or `jobs`")
         elif not self.jobs:
             raise ValueError("`jobs` is empty")
-        names = [job.name for job in self.all_jobs()]
-        if len(set(names)) != len(names):
+        jobs = self._tasks_by_job()
+        if _first_repeat(name for name, _ in jobs) is not None:
             raise ValueError("job names must be unique within a stage")
-        for job in self.all_jobs():
-            task_names = [task.name for task in job.tasks]
-            for name in task_names:
-                if task_names.count(name) > 1:
-                    raise ValueError(f"task name {name!r} is used twice in job {job.name!r}")
+        for job, tasks in jobs:
+            repeated = _first_repeat(task.name for task in tasks)
+            if repeated is not None:
+                raise ValueError(f"task name {repeated!r} is used twice in job {job!r}")
         return self
 
     def all_jobs(self) -> list[Job]:
@@ -524,6 +661,13 @@ class Stage(Model):
         assert self.tasks is not None
         return [Job(name="job", pool=self.pool, tasks=self.tasks)]
 
+    def _tasks_by_job(self) -> list[tuple[str, list[Task]]]:
+        """(job name, tasks) like `all_jobs`, without building a Job: the checks of a
+        pipeline with thousands of stages call this for each of them."""
+        if self.jobs is not None:
+            return [(job.name, job.tasks) for job in self.jobs]
+        return [("job", self.tasks or [])]
+
     def people_lists(self) -> list[list[str]]:
         """Every list of approvers or recipients in this stage, for checks."""
         lists = []
@@ -532,8 +676,8 @@ class Stage(Model):
                 lists.append(conditions.approvals.approvers)
         if self.notify:
             lists.append(self.notify.to)
-        for job in self.all_jobs():
-            for task in job.tasks:
+        for _, tasks in self._tasks_by_job():
+            for task in tasks:
                 if task.manual_intervention:
                     lists.append(task.manual_intervention.approvers)
         return lists
@@ -552,10 +696,13 @@ class Stage(Model):
 class Pipeline(Model):
     """A pipeline: artifacts, variables and stages with their triggers and jobs."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name
     description: str = ""
     release_name_format: str = "Release-{{ number }}"
-    variables: Variables = {}
+    variables: PipelineVariables = {}
+    settable_variables: SkipJsonSchema[list[str]] = Field(
+        [], description="variables a release may set; from `NAME: {value: ..., settable: true}`"
+    )
     groups: dict[str, list[str]] = Field({}, description="approver groups: name -> users")
     users: dict[str, UserInfo] = Field({}, description="people's email addresses")
     artifacts: list[Artifact] = []
@@ -565,27 +712,69 @@ class Pipeline(Model):
         description="a release with no activity for this long is closed",
     )
 
-    @field_validator("variables")
     @classmethod
-    def _variable_names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_variable_names(value)
+    def validate_new(cls, data: Any) -> Pipeline:
+        """Validate a pipeline being written or released now: every rule, also those that
+        releases recorded before them need not meet (see `_NEW_PIPELINE`)."""
+        return cls.model_validate(data, context={_NEW_PIPELINE: True})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settable_from_variables(cls, data: Any) -> Any:
+        """`NAME: {value: ..., settable: true}` lists NAME in `settable_variables`."""
+        if isinstance(data, dict) and isinstance(data.get("variables"), dict):
+            declared = []
+            for name, value in data["variables"].items():
+                with contextlib.suppress(ValueError):  # reported at the variable itself
+                    form = _declared(value)
+                    if form is not None and form[1]:
+                        declared.append(name)
+            if declared:
+                known = data.get("settable_variables") or []
+                known = list(known) if isinstance(known, list) else known
+                data = {**data, "settable_variables": [*known, *declared]}
+        return data
+
+    @field_validator("settable_variables")
+    @classmethod
+    def _settable_are_variables(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        variables = info.data.get("variables")
+        unknown = [name for name in value if variables is not None and name not in variables]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a pipeline variable")
+        return list(dict.fromkeys(value))
+
+    def release_time_problem(self, name: str) -> str | None:
+        """Why a release may not set variable `name` (`--var NAME=...`), or None if it may."""
+        reason = reserved_variable(name)
+        if reason:
+            return reason
+        if name in self.settable_variables:
+            return None
+        settable = ", ".join(self.settable_variables) or "none"
+        if name not in self.variables:
+            return f"{name!r} is not a variable of pipeline {self.name} (settable: {settable})"
+        return (
+            f"{name!r} is not settable at release time: declare it"
+            f" `{name}: {{value: ..., settable: true}}` (settable: {settable})"
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> Pipeline:
-        aliases = [artifact.alias for artifact in self.artifacts]
-        for alias in aliases:
-            if aliases.count(alias) > 1:
-                raise ValueError(f"artifact alias {alias!r} is used twice")
+        repeated = _first_repeat(artifact.alias for artifact in self.artifacts)
+        if repeated is not None:
+            raise ValueError(f"artifact alias {repeated!r} is used twice")
         names = [stage.name for stage in self.stages]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"stage name {name!r} is used twice")
+        repeated = _first_repeat(names)
+        if repeated is not None:
+            raise ValueError(f"stage name {repeated!r} is used twice")
+        known = set(names)
         for stage in self.stages:
             for upstream in stage.upstream:
-                if upstream not in names:
+                if upstream not in known:
                     raise ValueError(
                         f"stage {stage.name!r} triggers after unknown stage {upstream!r}"
-                        f" (stages: {', '.join(names)})"
+                        f" (stages: {_some(names)})"
                     )
                 if upstream == stage.name:
                     raise ValueError(f"stage {stage.name!r} triggers after itself")
