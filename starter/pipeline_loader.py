@@ -8,12 +8,15 @@ handed to pydantic does not, and the tree is how an error's `loc` finds its line
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import hashlib
+import os
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,15 @@ from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from activities.calendar import calendar_problems
+from starter.limits import (
+    PIPELINE_DEPTH_LIMIT,
+    PIPELINE_EXPANDED_LIMIT,
+    PIPELINE_FILE_LIMIT,
+    megabytes,
+)
 from workflows import pipeline as pipeline_models
 from workflows.pipeline import Pipeline
+from workflows.pipeline_workflow import render_release_name
 
 # Names a release name template may use besides the pipeline's variables.
 RELEASE_NAME_NAMES = frozenset({"number", "pipeline", "date"})
@@ -88,26 +98,69 @@ def load_pipeline(path: str | Path) -> tuple[Pipeline, str]:
     """
     file = str(path)
     try:
-        content = Path(path).read_bytes()
+        with open(path, "rb") as stream:
+            content = stream.read(PIPELINE_FILE_LIMIT + 1)
+            size = os.fstat(stream.fileno()).st_size
     except FileNotFoundError:
         raise InvalidPipeline([PipelineProblem(file=file, message="file not found")]) from None
     except OSError as exc:
         problem = PipelineProblem(file=file, message=f"cannot read the file: {exc.strerror}")
         raise InvalidPipeline([problem]) from None
+    if len(content) > PIPELINE_FILE_LIMIT:
+        message = (
+            f"the file is {megabytes(max(size, len(content)))}:"
+            f" a pipeline file is at most {megabytes(PIPELINE_FILE_LIMIT)}"
+        )
+        raise InvalidPipeline([PipelineProblem(file=file, message=message)])
+    revision = hashlib.sha256(content).hexdigest()
+    # `release create` validates the file before it connects, then again to create the
+    # release: the same bytes give the same pipeline (a big one takes a second).
+    if _last_loaded is not None and _last_loaded[0] == (file, revision):
+        return _last_loaded[1], revision
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         problem = PipelineProblem(file=file, message=f"not UTF-8 text: {exc.reason}")
         raise InvalidPipeline([problem]) from None
-    return parse_pipeline(text, file), hashlib.sha256(content).hexdigest()
+    pipeline = parse_pipeline(text, file)
+    _remember((file, revision), pipeline)
+    return pipeline, revision
+
+
+_last_loaded: tuple[tuple[str, str], Pipeline] | None = None
+
+
+def _remember(key: tuple[str, str], pipeline: Pipeline) -> None:
+    global _last_loaded
+    _last_loaded = (key, pipeline)
 
 
 def parse_pipeline(text: str, file: str = "<text>") -> Pipeline:
     """Parse and validate pipeline YAML given as text. Raises InvalidPipeline."""
+    with _no_garbage_collection():
+        return _parse(text, file)
+
+
+@contextlib.contextmanager
+def _no_garbage_collection() -> Iterator[None]:
+    """A big pipeline is hundreds of thousands of new objects (nodes, values, models);
+    the collector, run again and again while they are built, doubled the time."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse(text: str, file: str) -> Pipeline:
+    try:
+        root = yaml.compose(text, Loader=_YamlLoader)
     except yaml.YAMLError as exc:
         raise InvalidPipeline([_yaml_problem(file, exc)]) from None
+    except RecursionError:  # the pure-Python parser, where libyaml is missing
+        raise InvalidPipeline([_too_deep(file, None)]) from None
     if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL_TAG):
         raise InvalidPipeline([PipelineProblem(file=file, message="the file is empty")])
     if not isinstance(root, MappingNode):
@@ -115,7 +168,11 @@ def parse_pipeline(text: str, file: str = "<text>") -> Pipeline:
         message = f"the top level must be a mapping with name, stages, ... (found {kind})"
         raise InvalidPipeline([PipelineProblem(file=file, line=_line(root), message=message)])
 
+    too_big = _size_problem(file, root)
+    if too_big is not None:
+        raise InvalidPipeline([too_big])
     problems = _duplicate_keys(file, root)
+    problems += _derived_fields(file, root)
     try:
         # Constructing flattens `<<` merge keys into the tree, so look for
         # duplicates (above) before and for lines (below) after.
@@ -125,12 +182,19 @@ def parse_pipeline(text: str, file: str = "<text>") -> Pipeline:
 
     pipeline = None
     try:
-        pipeline = Pipeline.model_validate(data)
+        pipeline = Pipeline.validate_new(data)
     except ValidationError as exc:
         problems += _validation_problems(file, root, exc.errors(include_url=False))
     except OverflowError as exc:  # timedelta() on a huge or infinite duration
         problems.append(PipelineProblem(file=file, message=f"a value is out of range: {exc}"))
-    problems += _release_name_problems(file, root, data)
+    except RecursionError:  # the trigger check follows a chain of stages recursively
+        message = "a chain of stages, each triggered after the next, too long to check"
+        problems.append(
+            PipelineProblem(
+                file=file, line=_key_line(root, ["stages"]), path="stages", message=message
+            )
+        )
+    problems += _release_name_problems(file, root, data, pipeline)
     if pipeline is not None:
         problems += _calendar_problems(file, root, pipeline, datetime.now(UTC))
 
@@ -152,9 +216,90 @@ def pipeline_json_schema() -> dict[str, Any]:
 
 # --- YAML ---------------------------------------------------------------------------
 
+# libyaml where it is installed: several times faster on a big file, and it refuses
+# nesting over 1000 levels instead of overflowing Python's stack.
+_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def _line(node: Node) -> int:
     return node.start_mark.line + 1
+
+
+def _size_problem(file: str, root: Node) -> PipelineProblem | None:
+    """Refuse, before constructing anything, a tree nested deeper than the limit, or one
+    whose aliases expand it past the limit (one walk, each node once, no recursion: the
+    tree may be what is wrong)."""
+    # id(node) -> (depth, expanded size: the characters of its scalars, plus one per node)
+    done: dict[int, tuple[int, int]] = {}
+    on_path: set[int] = set()
+    todo: list[tuple[Node, list[Node] | None]] = [(root, None)]
+    while todo:
+        node, children = todo[-1]
+        key = id(node)
+        if children is None:
+            if key in done:
+                todo.pop()
+                continue
+            if key in on_path:
+                message = "an alias refers to a value that holds it"
+                return PipelineProblem(file=file, line=_line(node), message=message)
+            if isinstance(node, ScalarNode):
+                done[key] = (1, len(node.value) + 1)
+                todo.pop()
+                continue
+            children = (
+                [part for pair in node.value for part in pair]
+                if isinstance(node, MappingNode)
+                else list(node.value)
+            )
+            on_path.add(key)
+            todo[-1] = (node, children)
+            todo += [(child, None) for child in children if id(child) not in done]
+            continue
+        todo.pop()
+        on_path.discard(key)
+        depth, size = 0, 1
+        for child in children:
+            child_depth, child_size = done[id(child)]
+            depth = max(depth, child_depth)
+            size += child_size
+        done[key] = (depth + 1, size)
+        if depth + 1 > PIPELINE_DEPTH_LIMIT:
+            return _too_deep(file, None, _line(node))
+        if size > PIPELINE_EXPANDED_LIMIT:
+            return PipelineProblem(
+                file=file,
+                line=_line(node),
+                message=f"with its aliases expanded the document is more than"
+                f" {megabytes(PIPELINE_EXPANDED_LIMIT)}"
+                f" (a pipeline file is at most {megabytes(PIPELINE_FILE_LIMIT)})",
+            )
+    return None
+
+
+def _too_deep(file: str, path: str | None, line: int | None = None) -> PipelineProblem:
+    return PipelineProblem(
+        file=file,
+        line=line,
+        path=path or "",
+        message=f"nested too deeply (a pipeline nests at most {PIPELINE_DEPTH_LIMIT} levels)",
+    )
+
+
+def _derived_fields(file: str, root: MappingNode) -> list[PipelineProblem]:
+    """Fields the model fills itself are not written in YAML."""
+    found = _child(root, "settable_variables")
+    if found is None or found[0] is None:
+        return []
+    return [
+        PipelineProblem(
+            file=file,
+            line=_line(found[0]),
+            path="settable_variables",
+            message="unknown field 'settable_variables': mark a variable"
+            " `NAME: {value: ..., settable: true}` under `variables`",
+        )
+    ]
 
 
 def _yaml_problem(file: str, exc: yaml.YAMLError) -> PipelineProblem:
@@ -504,7 +649,9 @@ def _key_line(root: Node, items: Sequence[str | int]) -> int | None:
 # --- release name ---------------------------------------------------------------------
 
 
-def _release_name_problems(file: str, root: Node, data: dict[str, Any]) -> list[PipelineProblem]:
+def _release_name_problems(
+    file: str, root: Node, data: dict[str, Any], pipeline: Pipeline | None
+) -> list[PipelineProblem]:
     template = data.get("release_name_format")
     if not isinstance(template, str):
         return []  # absent (the default is fine) or already a validation error
@@ -527,4 +674,38 @@ def _release_name_problems(file: str, root: Node, data: dict[str, Any]) -> list[
             f"unknown name{'s' if len(unknown) > 1 else ''} {names} in the template"
             f" (known: {', '.join(sorted(known, key=str))})"
         )
-    return []
+    if pipeline is None:
+        return []  # rendered once the rest is valid
+    found_problem = release_name_problem(pipeline, datetime.now(UTC))
+    return problem(found_problem) if found_problem else []
+
+
+# Release numbers the name format is tried with; the workflow renders the same function.
+SAMPLE_NUMBERS = (1, 2, 10, 12345)
+RELEASE_NAME_LIMIT = 200
+
+
+def release_name_problem(pipeline: Pipeline, now: datetime) -> str | None:
+    """What is wrong with the names `release_name_format` renders, tried on sample
+    numbers: an error while rendering, or a name that is not one line of printable text
+    (it goes into mail subjects, search attributes and the Web UI)."""
+    for number in SAMPLE_NUMBERS:
+        try:
+            name = render_release_name(pipeline, number, now)
+        except Exception as exc:  # the template's own error: division by zero, a filter, ...
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            return f"cannot be rendered for release {number}: {reason}"
+        shown = repr(name if len(name) <= 60 else name[:60] + "…")
+        if not name:
+            return f"renders an empty name for release {number}"
+        if not name.isprintable():
+            return (
+                f"renders {shown} for release {number}: a release name is one line of"
+                " printable text"
+            )
+        if len(name) > RELEASE_NAME_LIMIT:
+            return (
+                f"renders {len(name)} characters for release {number}: a release name"
+                f" is at most {RELEASE_NAME_LIMIT}"
+            )
+    return None

@@ -28,6 +28,7 @@ from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.artifacts import resolve_artifacts
+from starter.limits import check_release_request
 from starter.pipeline_loader import load_pipeline
 from workflows.approval_policy import Decision
 from workflows.audit import AuditEvent
@@ -153,6 +154,7 @@ async def create_release(
         created_by=user,
         request_id=uuid.uuid4().hex,
     )
+    check_release_request(request)  # settable variables only; fits one Temporal payload
     # A burst of creates on one pipeline can exceed the server's in-flight updates
     # per workflow: retry with the same request id (the pipeline dedupes it), with
     # jittered back-off so the retries do not crowd the pipeline workflow.

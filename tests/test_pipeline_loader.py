@@ -630,3 +630,180 @@ def test_cli_exits_2_when_the_freezes_cover_all_time(tmp_path: Path, command: li
         f"error: {path}:13: stages[2].freezes: "
         "the freezes cover all time: a deployment could never start\n"
     )
+
+
+# --- input too big or too deep: refused before anything is built -------------------------
+
+ONE_STAGE = "stages:\n  - {name: dev, pool: linux, tasks: [{name: t, script: 'true'}]}\n"
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "big.yml"
+    path.write_text("name: big\nvariables:\n  BIG: " + "y" * 2_500_000 + "\n" + ONE_STAGE)
+
+    with pytest.raises(InvalidPipeline) as caught:
+        load_pipeline(path)
+
+    assert str(caught.value) == f"{path}: the file is 2.4 MB: a pipeline file is at most 1.0 MB"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[" * 20_000, "invalid YAML: "),  # the parser's own limit
+        ("[" * 20_000 + "]" * 20_000, "invalid YAML: "),
+        ("[" * 100 + "]" * 100, "nested too deeply (a pipeline nests at most 64 levels)"),
+    ],
+)
+def test_deep_nesting_is_one_problem_not_a_recursion_error(value: str, message: str) -> None:
+    with pytest.raises(InvalidPipeline) as caught:
+        parse_pipeline(f"name: x\nstages: {value}\n")
+
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].message.startswith(message)
+
+
+def test_aliases_that_expand_past_the_limit_are_refused() -> None:
+    text = "name: x\na0: &a0 [" + ",".join(["xxxxxxxxxx"] * 10) + "]\n"
+    for level in range(1, 8):
+        text += f"a{level}: &a{level} [" + ",".join([f"*a{level - 1}"] * 10) + "]\n"
+    text += "stages: *a7\n"
+
+    with pytest.raises(InvalidPipeline) as caught:
+        parse_pipeline(text)
+
+    assert [problem.message for problem in caught.value.problems] == [
+        "with its aliases expanded the document is more than 4.0 MB"
+        " (a pipeline file is at most 1.0 MB)"
+    ]
+
+
+def test_an_alias_inside_its_own_value_is_refused() -> None:
+    with pytest.raises(InvalidPipeline) as caught:
+        parse_pipeline("name: x\nstages: &s [*s]\n")
+
+    assert [problem.message for problem in caught.value.problems] == [
+        "an alias refers to a value that holds it"
+    ]
+
+
+def test_a_trigger_chain_too_long_to_check_is_one_problem_at_stages() -> None:
+    # Listed last stage first, the cycle check follows the whole chain.
+    lines = ["name: chain", "stages:"]
+    for index in reversed(range(2000)):
+        trigger = f", trigger: {{after_stages: [s{index - 1}]}}" if index else ""
+        lines.append(
+            f"  - {{name: s{index}, pool: linux, tasks: [{{name: t, script: x}}]{trigger}}}"
+        )
+
+    with pytest.raises(InvalidPipeline) as caught:
+        parse_pipeline("\n".join(lines) + "\n")
+
+    assert [(problem.line, problem.path) for problem in caught.value.problems] == [(2, "stages")]
+
+
+# --- release names are rendered at validation ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("release_name_format", "message"),
+    [
+        (
+            "R{{ number // 0 }}",
+            "cannot be rendered for release 1: integer division or modulo by zero",
+        ),
+        (
+            "R{{ number }}\\nX",
+            "renders 'R1\\nX' for release 1: a release name is one line of printable text",
+        ),
+        ("R{{ number }}\\tX", "renders 'R1\\tX' for release 1: a release name is one line"),
+        ("{{ '' }}", "renders an empty name for release 1"),
+        ("{{ 'x' * 300 }}", "renders 300 characters for release 1: a release name is at most 200"),
+        ("R{{ 10 // (number - 10) }}", "cannot be rendered for release 10: integer division"),
+        ("{{ date.__class__ }}", "cannot be rendered for release 1: "),
+    ],
+)
+def test_a_release_name_format_that_renders_badly_is_refused_at_its_line(
+    release_name_format: str, message: str
+) -> None:
+    with pytest.raises(InvalidPipeline) as caught:
+        parse_pipeline(f'name: webapp\nrelease_name_format: "{release_name_format}"\n{ONE_STAGE}')
+
+    assert [(problem.line, problem.path) for problem in caught.value.problems] == [
+        (2, "release_name_format")
+    ]
+    assert caught.value.problems[0].message.startswith(message)
+
+
+def test_a_release_name_may_use_the_number_date_pipeline_and_variables() -> None:
+    text = (
+        'name: webapp\nvariables: {MAJOR: 2}\nrelease_name_format: "v{{ MAJOR }}.{{ number }}'
+        " {{ pipeline }} {{ date.strftime('%Y-%m-%d') }}\"\n" + ONE_STAGE
+    )
+    assert parse_pipeline(text).release_name_format.startswith("v{{ MAJOR }}")
+
+
+# --- names and variables --------------------------------------------------------------------
+
+
+def test_dot_dot_names_and_read_at_start_variables_name_their_fields(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: a..b
+        variables: {BASH_ENV: /tmp/evil.sh}
+        stages:
+          - name: dev
+            jobs:
+              - name: x..y
+                pool: linux
+                tasks: [{name: upgrade 1.2..1.3, script: "true", env: {LD_PRELOAD: x.so}}]
+        """,
+    )
+
+    assert [
+        (problem.line, problem.path, problem.message.split(":")[0]) for problem in problems
+    ] == [
+        (1, "name", "'a..b' is not a valid name"),
+        (2, "variables.BASH_ENV", "BASH_ENV is read by the task's shell at start"),
+        (6, "stages[0].jobs[0].name", "'x..y' is not a valid name"),
+        (
+            8,
+            "stages[0].jobs[0].tasks[0].env.LD_PRELOAD",
+            "LD_PRELOAD is read by the dynamic loader of every program the task starts",
+        ),
+    ]
+
+
+def test_settable_variables_are_declared_at_the_variable_not_as_a_list(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """
+        name: webapp
+        variables:
+          VERSION: "1.0"
+        settable_variables: [VERSION]
+        stages:
+          - {name: dev, pool: linux, tasks: [{name: t, script: "true"}]}
+        """,
+    )
+
+    assert where(problems) == [(4, "settable_variables")]
+    assert "`NAME: {value: ..., settable: true}`" in problems[0].message
+
+
+def test_a_settable_variable_loads_with_its_value(tmp_path: Path) -> None:
+    pipeline, _ = load_pipeline(
+        write(
+            tmp_path,
+            """
+            name: webapp
+            variables:
+              VERSION: {value: "1.0", settable: true}
+            stages:
+              - {name: dev, pool: linux, tasks: [{name: t, script: "true"}]}
+            """,
+        )
+    )
+
+    assert (pipeline.variables, pipeline.settable_variables) == ({"VERSION": "1.0"}, ["VERSION"])
