@@ -97,6 +97,7 @@ class SoakOptions:
     max_server_down: float = 15.0
     settle_seconds: float = 120.0
     reject_share: float = 0.15
+    task_scale: float = 1.0
     quiet: bool = False
 
 
@@ -308,8 +309,15 @@ class Soak:
                 *(stack.start_worker(f"worker-{i}") for i in range(1, self.options.workers + 1)),
                 *(stack.start_agent(f"agent-{i}") for i in range(1, self.options.agents + 1)),
             )
+            scale = self.options.task_scale
             pipeline = write_pipeline(
-                self.root / "pipelines", f"soak-{world.suffix}", stack.pool, ledger.path
+                self.root / "pipelines",
+                f"soak-{world.suffix}",
+                stack.pool,
+                ledger.path,
+                short_ms=max(1, round(1800 * scale)),
+                long_ms=round(6000 * scale),
+                very_long_ms=round(20000 * scale),
             )
             rejected = {
                 n
@@ -744,10 +752,19 @@ def parse_options(argv: list[str] | None = None) -> SoakOptions:
     )
     parser.add_argument("--settle-seconds", type=float, default=d.settle_seconds, metavar="S")
     parser.add_argument("--reject-share", type=float, default=d.reject_share)
+    parser.add_argument(
+        "--task-scale",
+        type=float,
+        default=d.task_scale,
+        metavar="F",
+        help="multiply the tasks' run times (0.2-2 s, 6-9 s, 20-30 s) by F",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.kills < 0 or args.releases < 1 or args.agents < 2 or args.workers < 1:
         parser.error("need --kills >= 0, --releases >= 1, --agents >= 2, --workers >= 1")
+    if args.task_scale <= 0:
+        parser.error("need --task-scale > 0")
     if not 0 < args.pause_min <= args.pause_max:
         parser.error("need 0 < --pause-min <= --pause-max")
     return SoakOptions(**vars(args))

@@ -10,9 +10,10 @@ line is
 where TRY-KEY is `<attempt>.<task try>` as the task sees it
 (`$STAGEFLOW_ATTEMPT.$STAGEFLOW_TRY`; the job try is not in its environment,
 the soak finds it from the agent sessions the release shows) and RUN-ID is
-`<pid>@<start time>`, unique per run. Most runs are short; about one in five
-lasts longer than the agent lease's heartbeat timeout, so a task left running
-by a dead agent is still running when its job starts again elsewhere.
+`<pid>@<start time>`, unique per run. Most runs are short (0.2-2 s); two in ten
+last longer than the agent lease's heartbeat timeout (6-9 s), and one in ten
+longer than it takes a job to move to another agent (20-30 s), so a task left
+running by a dead agent is still running when its job starts again.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ record() {
 }
 echo "soak-run $run on $STAGEFLOW_AGENT"
 record start
-if [ $((RANDOM % 5)) -eq 0 ]; then
+dice=$((RANDOM % 10))
+if [ "$dice" -eq 0 ]; then
+  pause="$((SOAK_VERY_LONG_MS + RANDOM % (SOAK_VERY_LONG_MS / 2 + 1)))"
+elif [ "$dice" -le 2 ]; then
   pause="$((SOAK_LONG_MS + RANDOM % (SOAK_LONG_MS / 2 + 1)))"
 else
   pause="$((200 + RANDOM % SOAK_SHORT_MS))"
@@ -81,6 +85,7 @@ def write_pipeline(
     agent_lost_retries: int = 6,
     short_ms: int = 1800,
     long_ms: int = 6000,
+    very_long_ms: int = 20000,
 ) -> SoakPipeline:
     """Write the soak pipeline to `<directory>/<name>.yml` and return where things are."""
     script = "\n".join("          " + line for line in TASK_SCRIPT.strip().splitlines())
@@ -92,6 +97,7 @@ def write_pipeline(
         f"  SOAK_LEDGER: {ledger}",
         f'  SOAK_SHORT_MS: "{short_ms}"',
         f'  SOAK_LONG_MS: "{long_ms}"',
+        f'  SOAK_VERY_LONG_MS: "{very_long_ms}"',
         "stages:",
     ]
     for stage, after, tasks in STAGES:
