@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.errors import MessageError
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from hashlib import sha256
@@ -27,9 +28,10 @@ from typing import Any
 from urllib.parse import quote
 
 import aiosmtplib
-from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from workflows.activity_refs import SEND_NOTIFICATION
 from workflows.control_api import NotificationRequest, NotificationResult, Recipient
@@ -122,15 +124,12 @@ class Notifier:
         drop the duplicate; and the recipients already served are recorded as
         heartbeat details, so a retry skips them when those details reached the
         server (best effort). SMTP errors propagate so the workflow's retry
-        policy retries; a mail never fails a deployment (the workflow decides).
+        policy retries; a mail that cannot be built fails at once, not retried
+        (`MailNotBuilt`); a mail never fails a deployment (the workflow decides).
 
         Into the outbox, a retry writes the files again under a new timestamp.
         """
-        subject_line, text, html = render(request, self._web_ui)
-        messages = [
-            (recipient, self._message(request, recipient, subject_line, text, html))
-            for recipient in request.recipients
-        ]
+        messages = self._build(request)
         if not self._smtp.host:
             return self._write_outbox(request, messages)
 
@@ -160,6 +159,24 @@ class Notifier:
         )
 
     # --- helpers ----------------------------------------------------------------------
+
+    def _build(self, request: NotificationRequest) -> list[tuple[Recipient, EmailMessage]]:
+        """One message per recipient; a mail that cannot be built (a template error, a
+        header with a line break) fails this activity once, with the reason: trying
+        again would build it the same way."""
+        try:
+            subject_line, text, html = render(request, self._web_ui)
+            return [
+                (recipient, self._message(request, recipient, subject_line, text, html))
+                for recipient in request.recipients
+            ]
+        except (TemplateError, MessageError, ValueError, LookupError, TypeError) as exc:
+            raise ApplicationError(
+                f"the {request.kind} mail for {release_reference(request)} {request.stage}"
+                f" cannot be built: {type(exc).__name__}: {exc}",
+                type="MailNotBuilt",
+                non_retryable=True,
+            ) from exc
 
     def _message(
         self,
