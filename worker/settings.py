@@ -5,16 +5,19 @@ Environment first (`TEMPORAL_*`, `STAGEFLOW_*`), then command-line flags.
 
 from __future__ import annotations
 
+import functools
 import getpass
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from temporalio.client import Client, TLSConfig
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig
 
 from activities.notify import SmtpSettings
+from worker.codec import data_converter
 from workflows.names import CONTROL_TASK_QUEUE
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
@@ -33,6 +36,8 @@ class Settings:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     smtp: SmtpSettings = field(default_factory=lambda: SmtpSettings())
+    # Base64 AES-256 key: every Temporal payload encrypted (worker/codec.py). Not in repr.
+    codec_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +63,7 @@ class Settings:
             tls_key=path("TEMPORAL_TLS_CLIENT_KEY_PATH"),
             tls_ca=path("TEMPORAL_TLS_SERVER_CA_CERT_PATH"),
             smtp=SmtpSettings.from_env(env),
+            codec_key=env.get("STAGEFLOW_CODEC_KEY") or None,
         )
 
     def with_flags(self, **flags: object) -> Settings:
@@ -87,7 +93,8 @@ class Settings:
 
 
 async def connect(settings: Settings, identity: str | None = None) -> Client:
-    """A Temporal client with the pydantic converter; the user is the client identity."""
+    """A Temporal client with Stageflow's converter (pydantic; encrypted payloads with
+    a codec key, see worker/codec.py); the user is the client identity."""
     tls: TLSConfig | bool = False
     if settings.tls_cert or settings.tls_ca:
         tls = TLSConfig(
@@ -100,8 +107,22 @@ async def connect(settings: Settings, identity: str | None = None) -> Client:
     return await Client.connect(
         settings.address,
         namespace=settings.namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings.codec_key),
         identity=identity or settings.user,
         api_key=settings.api_key,
         tls=tls,
+        runtime=_runtime(),
     )
+
+
+@functools.cache
+def _runtime() -> Runtime:
+    """The process's Temporal runtime, its Core logs forwarded to Python logging.
+
+    Core would write its warnings (a retried call while the server restarts) to
+    stdout, into the middle of `--json` output; Python logging writes them to
+    stderr. One runtime per process: each has its own thread pool.
+    """
+    forwarding = LogForwardingConfig(logger=logging.getLogger("temporalio.core"))
+    logs = LoggingConfig(filter=LoggingConfig.default.filter, forwarding=forwarding)
+    return Runtime(telemetry=TelemetryConfig(logging=logs))
