@@ -155,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--headless", action="store_true", help="no Web UI")
     up.add_argument("--pool", default="linux", help="the pool of the agent it starts")
+    codec = command(
+        "codec-server", "decrypt payloads for the Temporal Web UI (needs STAGEFLOW_CODEC_KEY)"
+    )
+    codec.add_argument("--port", type=int, default=8081, help="on 127.0.0.1 (default 8081)")
+    codec.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="URL",
+        help="a Web UI origin that may call it (repeatable; default the local Web UI, "
+        "http://127.0.0.1:8233 and http://localhost:8233)",
+    )
     return parser
 
 
@@ -264,6 +275,13 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run_server(settings, args.port, headless=args.headless))
 
 
+def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> int:
+    from starter.codec_server import DEFAULT_ORIGINS, serve
+
+    serve(settings, args.port, args.allow_origin or DEFAULT_ORIGINS)
+    return Exit.OK
+
+
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.control import run_control_worker
 
@@ -338,6 +356,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_pipeline(args, settings)
     if command == "server":
         return cmd_server(args, settings)
+    if command == "codec-server":
+        return cmd_codec_server(args, settings)
     runner: dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]] = {
         "release": cmd_release,
         "deploy": cmd_release_action,
