@@ -40,6 +40,7 @@ from activities.record.waiting import waits_of
 from workflows.approval_policy import ApprovalState, DecisionRecord
 from workflows.audit import AuditEvent
 from workflows.gates import GateEvaluation, GateState
+from workflows.pipeline import Pipeline
 from workflows.release import (
     FINAL_STATUSES,
     WAITING_ON_PEOPLE,
@@ -151,10 +152,18 @@ async def releases_waiting_on(db: Database, user: str | None = None) -> list[Wai
     """What waits on people across active releases (pending approvals, manual
     interventions, deferrals); with `user`, only what that user may act on now."""
     async with db.reading() as session:
-        stages, deployments, releases_ = ReleaseStageRow, DeploymentRow, ReleaseRow
+        stages, deployments, r = ReleaseStageRow, DeploymentRow, ReleaseRow
         found = (
             await session.execute(
-                select(deployments, releases_.snapshot)
+                select(
+                    deployments,
+                    r.pipeline_id,
+                    r.revision,
+                    r.number,
+                    r.name,
+                    r.created_by,
+                    r.created_at,
+                )
                 .join(
                     stages,
                     and_(
@@ -163,20 +172,33 @@ async def releases_waiting_on(db: Database, user: str | None = None) -> list[Wai
                         stages.attempt == deployments.attempt,
                     ),
                 )
-                .join(releases_, releases_.id == deployments.release_id)
-                .where(
-                    releases_.state == "active",
-                    stages.status.in_([s.value for s in WAITING_ON_PEOPLE]),
-                )
+                .join(r, r.id == deployments.release_id)
+                .where(r.state == "active", stages.status.in_([s.value for s in WAITING_ON_PEOPLE]))
             )
         ).all()
-        attempts = await _attempts(session, [deployment for deployment, _ in found])
-        specs: dict[int, ReleaseSpec] = {}
+        attempts = await _attempts(session, [row[0] for row in found])
+        # One definition per revision (the sha256 of its text): parsed once, not per release.
+        definitions: dict[tuple[int, str], Pipeline] = {}
         waits = []
-        for deployment, snapshot in found:
-            spec = specs.get(deployment.release_id)
-            if spec is None:
-                spec = specs[deployment.release_id] = ReleaseSpec.model_validate(snapshot)
+        for deployment, pipeline_id, revision, number, name, created_by, created_at in found:
+            key = (pipeline_id, revision)
+            if key not in definitions:
+                snapshot = (
+                    await session.execute(
+                        select(r.snapshot)
+                        .where(r.pipeline_id == pipeline_id, r.revision == revision)
+                        .limit(1)
+                    )
+                ).scalar_one()
+                definitions[key] = Pipeline.model_validate(snapshot["pipeline"])
+            spec = ReleaseSpec(
+                pipeline=definitions[key],
+                number=number,
+                name=name,
+                created_by=created_by,
+                created_at=created_at,
+                revision=revision,
+            )
             for wait in waits_of(spec, deployment.stage, attempts[deployment.id]):
                 if user is None or user in wait.users:
                     waits.append(wait)
