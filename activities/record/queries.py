@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.record.database import Database
@@ -57,6 +57,12 @@ from workflows.release import (
 
 # What counts as "deployed" on a stage: its artifacts got there.
 DEPLOYED_STATUSES = (StageStatus.SUCCEEDED.value, StageStatus.PARTIALLY_SUCCEEDED.value)
+# A deployment that has begun and not ended.
+UNDER_WAY = [
+    status.value
+    for status in StageStatus
+    if status not in FINAL_STATUSES and status != StageStatus.NOT_DEPLOYED
+]
 
 
 async def releases(
@@ -350,6 +356,7 @@ async def _latest_views(
 
 
 async def _deployed_on(session: AsyncSession, pipeline: str) -> list[StageDeployments]:
+    """The stages are the newest release's (and any other a deployment runs on now)."""
     pipeline_id = await _pipeline_id(session, pipeline)
     if pipeline_id is None:
         return []
@@ -364,32 +371,13 @@ async def _deployed_on(session: AsyncSession, pipeline: str) -> list[StageDeploy
         d.started_at,
         d.ended_at,
     )
-    ranked = (
-        select(
-            *columns,
-            func.row_number()
-            .over(partition_by=d.stage, order_by=(d.ended_at.desc().nulls_last(), d.id.desc()))
-            .label("rank"),
-        )
-        .join(r, r.id == d.release_id)
-        .where(r.pipeline_id == pipeline_id, d.status.in_(DEPLOYED_STATUSES))
-        .subquery()
-    )
-    deployed = {
-        row.stage: _deployed(row)
-        for row in (await session.execute(select(ranked).where(ranked.c.rank == 1))).all()
-    }
     running: dict[str, list[Deployed]] = defaultdict(list)
     for row in (
         await session.execute(
             select(*columns)
             .join(r, r.id == d.release_id)
             .join(s, and_(s.release_id == d.release_id, s.name == d.stage, s.attempt == d.attempt))
-            .where(
-                r.pipeline_id == pipeline_id,
-                r.state == "active",
-                d.status.not_in([status.value for status in FINAL_STATUSES]),
-            )
+            .where(d.pipeline_id == pipeline_id, d.status.in_(UNDER_WAY), r.state == "active")
             .order_by(r.created_at.desc(), r.id.desc())
         )
     ).all():
@@ -408,11 +396,31 @@ async def _deployed_on(session: AsyncSession, pipeline: str) -> list[StageDeploy
             .order_by(s.position)
         )
     ).scalars()
-    names = _in_order([*newest, *deployed, *running])
-    return [
-        StageDeployments(stage=name, deployed=deployed.get(name), in_progress=running.get(name, []))
-        for name in names
-    ]
+    found = []
+    for name in _in_order([*newest, *running]):
+        # Newest end first along (pipeline_id, stage, ended_at): a few rows, however many.
+        last = (
+            await session.execute(
+                select(*columns)
+                .join(r, r.id == d.release_id)
+                .where(
+                    d.pipeline_id == pipeline_id,
+                    d.stage == name,
+                    d.ended_at.is_not(None),
+                    d.status.in_(DEPLOYED_STATUSES),
+                )
+                .order_by(d.ended_at.desc())
+                .limit(1)
+            )
+        ).one_or_none()
+        found.append(
+            StageDeployments(
+                stage=name,
+                deployed=None if last is None else _deployed(last),
+                in_progress=running.get(name, []),
+            )
+        )
+    return found
 
 
 async def _attempts(

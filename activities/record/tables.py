@@ -147,10 +147,13 @@ class DeploymentRow(Base):
     __table_args__ = (
         UniqueConstraint("release_id", "stage", "attempt"),
         Index(None, "status"),
+        # What is deployed on a stage: its last succeeded deployment, found at once.
+        Index(None, "pipeline_id", "stage", "ended_at"),
     )
 
     id: Mapped[int] = _id()
     release_id: Mapped[int] = _parent("releases")
+    pipeline_id: Mapped[int] = _parent("pipelines")  # the release's, for what-is-where
     stage: Mapped[str] = mapped_column(Name)
     attempt: Mapped[int]
     workflow_id: Mapped[str] = mapped_column(String(500))

@@ -215,10 +215,11 @@ async def record_attempt(
     Raises ReleaseNotRecorded when the release has not been recorded yet.
     """
     async with db.writing.begin() as session:
-        release_id = await _lock_release(session, pipeline, number)
+        release_id, pipeline_id = await _lock_release(session, pipeline, number)
         table = _table(DeploymentRow)
         stmt = _insert(session, table).values(
             release_id=release_id,
+            pipeline_id=pipeline_id,
             stage=stage,
             attempt=attempt.attempt,
             workflow_id=attempt.workflow_id,
@@ -283,7 +284,7 @@ async def record_events(
     Raises ReleaseNotRecorded when the release has not been recorded yet.
     """
     async with db.writing.begin() as session:
-        release_id = await _lock_release(session, pipeline, number)
+        release_id, _ = await _lock_release(session, pipeline, number)
         await _insert_events(session, release_id, None, RELEASE_TRAIL, events)
 
 
@@ -566,21 +567,22 @@ async def _release_id(session: AsyncSession, pipeline_id: int, number: int) -> i
     ).scalar_one()
 
 
-async def _lock_release(session: AsyncSession, pipeline: str, number: int) -> int:
-    """The release's id, its row locked until the transaction ends (PostgreSQL; SQLite's
-    writer holds the database), so one release's writes apply one after another."""
+async def _lock_release(session: AsyncSession, pipeline: str, number: int) -> tuple[int, int]:
+    """The release's id and its pipeline's, the release's row locked until the transaction
+    ends (PostgreSQL; SQLite's writer holds the database), so one release's writes
+    apply one after another."""
     releases, pipelines = _table(ReleaseRow), _table(PipelineRow)
     found = (
         await session.execute(
-            select(releases.c.id)
+            select(releases.c.id, releases.c.pipeline_id)
             .join(pipelines, pipelines.c.id == releases.c.pipeline_id)
             .where(pipelines.c.name == pipeline, releases.c.number == number)
             .with_for_update(of=releases)
         )
-    ).scalar_one_or_none()
+    ).one_or_none()
     if found is None:
         raise ReleaseNotRecorded(f"release {pipeline}/{number} is not recorded yet")
-    return found
+    return found[0], found[1]
 
 
 async def _refresh_release_status(session: AsyncSession, release_id: int) -> None:

@@ -96,6 +96,7 @@ def upgrade() -> None:
         "deployments",
         sa.Column("id", ID, autoincrement=True, nullable=False),
         sa.Column("release_id", ID, nullable=False),
+        sa.Column("pipeline_id", ID, nullable=False),
         sa.Column("stage", sa.String(length=200), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("workflow_id", sa.String(length=500), nullable=False),
@@ -115,12 +116,23 @@ def upgrade() -> None:
             name=op.f("fk_deployments_release_id_releases"),
             ondelete="CASCADE",
         ),
+        sa.ForeignKeyConstraint(
+            ["pipeline_id"],
+            ["pipelines.id"],
+            name=op.f("fk_deployments_pipeline_id_pipelines"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deployments")),
         sa.UniqueConstraint(
             "release_id", "stage", "attempt", name=op.f("uq_deployments_release_id_stage_attempt")
         ),
     )
     op.create_index(op.f("ix_deployments_status"), "deployments", ["status"])
+    op.create_index(
+        op.f("ix_deployments_pipeline_id_stage_ended_at"),
+        "deployments",
+        ["pipeline_id", "stage", "ended_at"],
+    )
     op.create_table(
         "release_stages",
         sa.Column("id", ID, autoincrement=True, nullable=False),
@@ -331,6 +343,7 @@ def downgrade() -> None:
     op.drop_table("agent_sessions")
     op.drop_index(op.f("ix_release_stages_status_release_id"), table_name="release_stages")
     op.drop_table("release_stages")
+    op.drop_index(op.f("ix_deployments_pipeline_id_stage_ended_at"), table_name="deployments")
     op.drop_index(op.f("ix_deployments_status"), table_name="deployments")
     op.drop_table("deployments")
     op.drop_index(op.f("ix_releases_status_created_at_id"), table_name="releases")
