@@ -80,64 +80,77 @@ def bench_pipeline(name: str = "bench") -> Pipeline:
 
 
 async def seed_releases(
-    db: Database, count: int, first: int = 1, pipelines: tuple[str, ...] = ("bench",)
+    db: Database,
+    count: int,
+    first: int = 1,
+    pipelines: tuple[str, ...] = ("bench",),
+    concurrency: int = 1,
 ) -> None:
     """Record `count` releases (numbers `first`…) through the write API, round-robin over
     `pipelines`: dev succeeded; qa succeeded, or waiting for approval (one in ten), or
-    failed (one in twenty); prod succeeded for one in five; the release's trail too."""
+    failed (one in twenty); prod succeeded for one in five; the release's trail too.
+    `concurrency` writers at once, as several workflows' record activities would."""
     definitions = {name: bench_pipeline(name) for name in pipelines}
-    for number in range(first, first + count):
-        pipeline = definitions[pipelines[number % len(pipelines)]]
-        created = EPOCH + timedelta(minutes=number)
-        spec = ReleaseSpec(
-            pipeline=pipeline,
-            number=number,
-            name=f"Release-{number}",
-            artifacts=[
-                ResolvedArtifact(
-                    alias="app", type="local", version=f"1.0.{number}", source="/drops/app"
-                )
-            ],
-            created_by=("alice", "bob", "carol")[number % 3],
-            created_at=created,
-            revision=f"{number // 100:064x}",
-        )
-        await record_release(db, spec, version=1)
-        dev = _attempt(pipeline.name, number, "dev", StageStatus.SUCCEEDED, created, 1)
-        await record_attempt(db, pipeline.name, number, "dev", dev, 2)
-        if number % 10 == 0:
-            qa_status = StageStatus.WAITING_FOR_APPROVAL
-        elif number % 20 == 1:
-            qa_status = StageStatus.FAILED
-        else:
-            qa_status = StageStatus.SUCCEEDED
-        qa = _attempt(pipeline.name, number, "qa", qa_status, created + timedelta(minutes=5), 2)
-        await record_attempt(db, pipeline.name, number, "qa", qa, 3)
-        if number % 5 == 0 and qa_status == StageStatus.SUCCEEDED:
-            prod = _attempt(
-                pipeline.name,
-                number,
-                "prod",
-                StageStatus.SUCCEEDED,
-                created + timedelta(hours=1),
-                1,
+    numbers = range(first, first + count)
+
+    async def writer(share: range) -> None:
+        for number in share:
+            await _seed_one(db, definitions[pipelines[number % len(pipelines)]], number)
+
+    await asyncio.gather(*(writer(numbers[k::concurrency]) for k in range(concurrency)))
+
+
+async def _seed_one(db: Database, pipeline: Pipeline, number: int) -> None:
+    created = EPOCH + timedelta(minutes=number)
+    spec = ReleaseSpec(
+        pipeline=pipeline,
+        number=number,
+        name=f"Release-{number}",
+        artifacts=[
+            ResolvedArtifact(
+                alias="app", type="local", version=f"1.0.{number}", source="/drops/app"
             )
-            await record_attempt(db, pipeline.name, number, "prod", prod, 4)
-        await record_events(
-            db,
+        ],
+        created_by=("alice", "bob", "carol")[number % 3],
+        created_at=created,
+        revision=f"{number // 100:064x}",
+    )
+    await record_release(db, spec, version=1)
+    dev = _attempt(pipeline.name, number, "dev", StageStatus.SUCCEEDED, created, 1)
+    await record_attempt(db, pipeline.name, number, "dev", dev, 2)
+    if number % 10 == 0:
+        qa_status = StageStatus.WAITING_FOR_APPROVAL
+    elif number % 20 == 1:
+        qa_status = StageStatus.FAILED
+    else:
+        qa_status = StageStatus.SUCCEEDED
+    qa = _attempt(pipeline.name, number, "qa", qa_status, created + timedelta(minutes=5), 2)
+    await record_attempt(db, pipeline.name, number, "qa", qa, 3)
+    if number % 5 == 0 and qa_status == StageStatus.SUCCEEDED:
+        prod = _attempt(
             pipeline.name,
             number,
-            [
-                AuditEvent(time=created, actor=spec.created_by, action="create"),
-                AuditEvent(
-                    time=created + timedelta(minutes=5),
-                    actor=SYSTEM,
-                    action="stage succeeded",
-                    stage="dev",
-                    detail="attempt 1",
-                ),
-            ],
+            "prod",
+            StageStatus.SUCCEEDED,
+            created + timedelta(hours=1),
+            1,
         )
+        await record_attempt(db, pipeline.name, number, "prod", prod, 4)
+    await record_events(
+        db,
+        pipeline.name,
+        number,
+        [
+            AuditEvent(time=created, actor=spec.created_by, action="create"),
+            AuditEvent(
+                time=created + timedelta(minutes=5),
+                actor=SYSTEM,
+                action="stage succeeded",
+                stage="dev",
+                detail="attempt 1",
+            ),
+        ],
+    )
 
 
 def _attempt(
@@ -192,7 +205,7 @@ async def _median_ms(call: Callable[[], Awaitable[Any]], rounds: int) -> float:
     return statistics.median(times)
 
 
-async def run(url: str, sizes: list[int], rounds: int) -> list[dict[str, Any]]:
+async def run(url: str, sizes: list[int], rounds: int, writers: int = 1) -> list[dict[str, Any]]:
     await upgrade(url)
     db = open_database(url)
     figures = []
@@ -200,7 +213,7 @@ async def run(url: str, sizes: list[int], rounds: int) -> list[dict[str, Any]]:
         seeded = 0
         for size in sorted(sizes):
             started = time.perf_counter()
-            await seed_releases(db, size - seeded, first=seeded + 1)
+            await seed_releases(db, size - seeded, first=seeded + 1, concurrency=writers)
             seeding = time.perf_counter() - started
             seeded = size
             middle = size // 2
@@ -239,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL")
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--writers", type=int, default=4, help="concurrent seeding writers")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="stageflow-bench-record-") as temp:
@@ -252,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             url = args.url or default_database_url(Path(temp))
         try:
             print(f"record: {safe_url(url)}, release list default page (50 rows)", flush=True)
-            asyncio.run(run(url, sizes, args.rounds))
+            asyncio.run(run(url, sizes, args.rounds, args.writers))
         finally:
             if cluster is not None:
                 cluster.stop()
