@@ -296,7 +296,10 @@ async def import_release(
     version: int,
 ) -> None:
     """Record a release as a ReleaseWorkflow's queries show it (the backfill of
-    releases that exist only in Temporal): the release, every attempt, the trail."""
+    releases that exist only in Temporal): the release, every attempt, the trail.
+
+    Give a `version` below any the workflows write (0): what a running release
+    records itself then wins over what the backfill took from its queries."""
     await record_release(db, spec, version, state=status.state)
     for view in status.stages:
         for attempt in view.attempts:
