@@ -1,6 +1,9 @@
 """Running a task's process: its output into the log with secrets masked, progress
 callbacks for heartbeats, and timeouts and cancellation that take down the whole
-process group, grandchildren included.
+process group, grandchildren included. With a `TaskMark`, the process runs under
+the supervisor of `activities/reaper.py` (it dies with the agent) and whatever
+carries its mark after it ended — processes that left the group — is killed and
+named in the log.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from activities.logs import LogWriter, SecretMasker
+from activities.reaper import MarkedProcess, TaskMark, kill_marked, supervisor_argv
 
 CHUNK_BYTES = 256 * 1024
 PIPE_BYTES = 1024 * 1024
@@ -57,6 +61,9 @@ class ProcessOutcome:
     timed_out: bool
     canceled: bool
     duration: float  # seconds
+    # Processes of the task's mark that had left its group and were still running
+    # after it ended ("pid 12: sleep 1000"): killed, and a reason to fail the task.
+    left_running: list[str] = field(default_factory=list)
 
 
 async def run_process(
@@ -70,6 +77,7 @@ async def run_process(
     on_progress: Callable[[], None] | None = None,
     progress_interval: float = 1.0,
     kill_grace: float = 5.0,
+    mark: TaskMark | None = None,
 ) -> ProcessOutcome:
     """Run `argv` (no shell) in its own process group and log its output.
 
@@ -80,11 +88,18 @@ async def run_process(
     re-raised once the group is gone. Whatever happens, no process of the group
     outlives this call, and the log ends with a `##[stageflow]` line saying how
     the process ended.
+
+    With `mark`, every process started carries the mark in its environment, the
+    process runs under the supervisor (so the group dies with this process), and
+    once it has ended every process still carrying the mark is killed too; those
+    that had left the group are named in the log and in `left_running`.
     """
     started = time.monotonic()
+    if mark is not None:
+        env = {**env, **mark.env()}
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *(supervisor_argv(argv) if mark is not None else argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -97,7 +112,7 @@ async def run_process(
         log.note(f"could not start {argv[0] if argv else 'an empty command'}: {err}")
         raise
     _widen_pipe(proc)
-    run = _RunningProcess(proc, log, masker, on_progress, progress_interval)
+    run = _RunningProcess(proc, log, masker, on_progress, progress_interval, mark)
     timed_out = False
     try:
         try:
@@ -125,6 +140,7 @@ async def run_process(
         timed_out=timed_out,
         canceled=False,
         duration=time.monotonic() - started,
+        left_running=[p.describe() for p in run.left_running],
     )
 
 
@@ -139,8 +155,11 @@ class _RunningProcess:
         masker: SecretMasker,
         on_progress: Callable[[], None] | None,
         progress_interval: float,
+        mark: TaskMark | None,
     ) -> None:
         self.proc = proc
+        self.mark = mark
+        self.left_running: list[MarkedProcess] = []
         # start_new_session: the child leads a new process group with its pid as id.
         self.pgid = proc.pid
         self.log = log
@@ -210,6 +229,7 @@ class _RunningProcess:
         wait forever for a background grandchild that keeps the output open."""
         if not await self.wait_for(self.pump, DRAIN_AFTER_EXIT):
             self._signal_group(signal.SIGKILL)
+            await self._kill_escaped()  # they may be what holds the output open
             if not await self.wait_for(self.pump, DRAIN_AFTER_KILL):
                 # Held open by a process that left the group (setsid): stop reading.
                 self.pump.cancel()
@@ -221,8 +241,10 @@ class _RunningProcess:
         self._end_output()
 
     async def clean_up(self) -> None:
-        """Make sure nothing of the group survives and no task or pipe is left over."""
+        """Make sure nothing of the group (or of the mark) survives and no task or pipe
+        is left over."""
         self._signal_group(signal.SIGKILL)
+        await self._kill_escaped()
         leftovers = [task for task in (self.pump, self.exited) if not task.done()]
         if not self.pump.done():
             # Closes the pipe (and kills the child if somehow still running).
@@ -234,6 +256,32 @@ class _RunningProcess:
         await asyncio.gather(*leftovers, return_exceptions=True)
         if self.pump.done() and not self.pump.cancelled():
             self.pump.exception()  # retrieved, so asyncio does not warn about it
+        self._note_escaped()
+
+    async def _kill_escaped(self) -> None:
+        """Kill what carries the task's mark; name in the log those that had left the
+        group (the group's own members are killed with the group, as always)."""
+        if self.mark is None:
+            return
+        killed = await asyncio.to_thread(kill_marked, self.mark.agent_dir, self.mark.run)
+        known = {p.pid for p in self.left_running}
+        escaped = [p for p in killed if p.pgid != self.pgid and p.pid not in known]
+        if not escaped:
+            return
+        self.left_running += escaped
+
+    def _note_escaped(self) -> None:
+        """Once the output has ended: say in the log which processes were left."""
+        if not self.left_running:
+            return
+        self._end_output()
+        count = len(self.left_running)
+        lines = [f"{count} process(es) it started had left its process group; killed:"]
+        lines += [f"  {p.describe()}" for p in self.left_running]
+        for line in lines:
+            # A command line may hold a secret (an argument rendered from one).
+            masked = self.masker.feed(line.encode()) + self.masker.flush()
+            self.log.note(masked.decode("utf-8", errors="replace"))
 
     def _end_output(self) -> None:
         if not self.output_ended:

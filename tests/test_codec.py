@@ -15,7 +15,9 @@ import httpx
 import pytest
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
+from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
 from starter.releases import ReleaseRef, release_status, settled
 from tests.conftest import Stack, wait_for
@@ -65,6 +67,12 @@ async def test_the_data_converter_round_trips_models_and_refuses_a_bad_key() -> 
     (payload,) = await converter.encode([progress])
     assert payload.metadata["encoding"].decode() == ENCODING
     assert await converter.decode([payload], [TaskProgress]) == [progress]
+    # Failure messages and stack traces travel sealed too.
+    failure = Failure()
+    await converter.encode_failure(ApplicationError("deploy to db-7 failed", type="X"), failure)
+    assert failure.message == "Encoded failure" and b"db-7" not in failure.SerializeToString()
+    decoded = await converter.decode_failure(failure)
+    assert isinstance(decoded, ApplicationError) and decoded.message == "deploy to db-7 failed"
     with pytest.raises(ValueError, match="base64 32-byte key"):
         data_converter(base64.b64encode(b"too short").decode())
     with pytest.raises(ValueError, match="make one with"):

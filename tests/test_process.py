@@ -7,6 +7,8 @@ import itertools
 import os
 import re
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from activities.log_store import read_log
 from activities.logs import LogWriter, SecretMasker
 from activities.process import ProcessOutcome, run_process
+from activities.reaper import TaskMark
 from tests.conftest import wait_for
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
@@ -220,3 +223,105 @@ async def test_large_output_streams_to_the_log_quickly(tmp_path: Path) -> None:
     assert peak_after - peak_before < 40 * 1024  # no copy of the output in memory
     lines = read_log(log_path)
     assert all(re.fullmatch(STAMP + "y", line) for line in itertools.islice(lines, 100_000))
+
+
+# --- a marked task: under the supervisor, nothing it starts outlives it -------------------
+
+
+def mark_for(tmp_path: Path, run: str = "lease#job#1:1:1") -> TaskMark:
+    return TaskMark(agent_dir=str(tmp_path / "agent"), run=run)
+
+
+async def test_marked_task_keeps_its_exit_code_and_signal(tmp_path: Path) -> None:
+    mark = mark_for(tmp_path)
+    assert (await run(tmp_path, "echo $STAGEFLOW_TASK_RUN; exit 3", mark=mark)).exit_code == 3
+    assert log_lines(tmp_path)[0] == mark.run
+    assert (await run(tmp_path, "kill -TERM $$", mark=mark)).exit_code == -15
+
+
+ESCAPES = {
+    # Holds the output open, in a session of its own.
+    "setsid in the background": (
+        "setsid sh -c 'echo $$ > escaped.pid; exec sleep 1000' &"
+        " while [ ! -s escaped.pid ]; do sleep 0.01; done; echo started"
+    ),
+    # Detached from the output too: nothing but the mark leads to it.
+    "setsid in a subshell": (
+        "(setsid sh -c 'echo $$ > escaped.pid; exec sleep 1000' > /dev/null 2>&1 &);"
+        " while [ ! -s escaped.pid ]; do sleep 0.01; done; echo started"
+    ),
+}
+
+
+@pytest.mark.parametrize("script", ESCAPES.values(), ids=ESCAPES.keys())
+async def test_processes_that_left_the_group_are_killed_and_named_in_the_log(
+    tmp_path: Path, script: str
+) -> None:
+    outcome = await run(tmp_path, script, mark=mark_for(tmp_path))
+
+    escaped = int((tmp_path / "escaped.pid").read_text())
+    await wait_until(lambda: is_dead(escaped))
+    assert outcome.exit_code == 0
+    assert outcome.left_running == [f"pid {escaped}: sleep 1000"]
+    lines = log_lines(tmp_path)
+    assert lines[0] == "started"
+    assert "##[stageflow] 1 process(es) it started had left its process group; killed:" in lines
+    assert f"##[stageflow]   pid {escaped}: sleep 1000" in lines
+    assert lines[-1] == "##[stageflow] exit code 0"
+
+
+async def test_escaped_processes_are_killed_on_timeout_too(tmp_path: Path) -> None:
+    script = ESCAPES["setsid in a subshell"] + "; sleep 300"
+    outcome = await run(tmp_path, script, mark=mark_for(tmp_path), timeout=1, kill_grace=0.5)
+
+    escaped = int((tmp_path / "escaped.pid").read_text())
+    await wait_until(lambda: is_dead(escaped))
+    assert outcome.timed_out and outcome.left_running == [f"pid {escaped}: sleep 1000"]
+
+
+async def test_other_runs_of_the_same_agent_are_left_alone(tmp_path: Path) -> None:
+    other = subprocess.Popen(
+        ["sleep", "300"], env=base_env(**mark_for(tmp_path, run="other:1:1").env())
+    )
+    try:
+        outcome = await run(tmp_path, "echo mine", mark=mark_for(tmp_path))
+        assert outcome.left_running == [] and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+PARENT = """
+import asyncio, sys
+from pathlib import Path
+from activities.logs import LogWriter, SecretMasker
+from activities.process import run_process
+from activities.reaper import TaskMark
+
+async def main(tmp):
+    with LogWriter(tmp / "task.log") as log:
+        await run_process(
+            ["bash", "-c", "sleep 300 & echo $! > sleep.pid; wait"],
+            env={"PATH": "/usr/bin:/bin"}, cwd=tmp, log=log, masker=SecretMasker([]),
+            timeout=None, mark=TaskMark(agent_dir=str(tmp / "agent"), run="l:1:1"),
+        )
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+async def test_a_marked_task_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path)], cwd=Path(__file__).parent.parent
+    )
+    try:
+        await wait_until(lambda: (tmp_path / "sleep.pid").exists(), seconds=10)
+        sleeper = int((tmp_path / "sleep.pid").read_text())
+        parent.kill()  # SIGKILL: no chance to clean up
+        parent.wait()
+        killed = time.monotonic()
+        await wait_until(lambda: is_dead(sleeper))
+        print(f"\ntask process gone {time.monotonic() - killed:.3f}s after its parent's kill -9")
+    finally:
+        parent.kill()
+        parent.wait()
