@@ -19,7 +19,9 @@ end the soak checks what Stageflow promises (bench/soak_invariants.py):
 - no release number reused.
 
 It prints progress and a summary, writes the JSON record to `--json` and
-`<work dir>/soak.json`, and exits 0 when every invariant held, 1 when one did
+`<work dir>/soak.json` (beside it the evidence: `releases.json` as `release
+show --json` has them, `runs.json` from the ledger, `printed-logs.txt` from
+`stageflow logs`, and every process's log), and exits 0 when every invariant held, 1 when one did
 not (or the soak itself broke), 2 for bad options. Every process it started is
 stopped by its PID, and so is any task process left running by a killed agent.
 """
@@ -382,9 +384,12 @@ class Soak:
     async def _create_releases(
         self, world: World, pipeline: SoakPipeline, approvers: Approvers
     ) -> None:
-        """Create the releases spread over the expected length of the kill phase."""
+        """Create the releases spread over the expected length of the kill phase: a
+        pause, an outage (a third of the kills take the server) and a restart each."""
         o = self.options
-        spacing = o.kills * ((o.pause_min + o.pause_max) / 2 + 2.0) / max(o.releases, 1) * 0.8
+        outage = (o.max_server_down + 2 * o.max_down) / 6 + 0.2
+        per_kill = (o.pause_min + o.pause_max) / 2 + outage + 1.0
+        spacing = o.kills * per_kill / max(o.releases, 1) * 0.85
         pending = []
         for index in range(o.releases):
             if index:
@@ -484,9 +489,19 @@ class Soak:
         histories: dict[int, list[AuditEvent]] = {}
         for number in numbers:
             ref = ReleaseRef(pipeline.name, number)
-            with contextlib.suppress(Exception):
-                statuses[number] = await asyncio.wait_for(release_status(client, ref), 20)
-                histories[number] = await asyncio.wait_for(release_history(client, ref), 20)
+
+            async def read(ref: ReleaseRef = ref) -> tuple[ReleaseStatus, list[AuditEvent]] | None:
+                try:
+                    return (
+                        await asyncio.wait_for(release_status(client, ref), 20),
+                        await asyncio.wait_for(release_history(client, ref), 20),
+                    )
+                except Exception:  # a query can time out while a workflow is being moved
+                    return None
+
+            found = await poll(read, timeout=60, interval=1)
+            if found is not None:
+                statuses[number], histories[number] = found
         printed = await self._printed_logs(world, pipeline, numbers)
         # The evidence behind the verdicts, for whoever reads a violation.
         (self.root / "releases.json").write_text(
@@ -504,6 +519,7 @@ class Soak:
             return path.read_text(errors="replace") if path.is_file() else None
 
         runs = list(ledger.runs.values())
+        (self.root / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
         agent_kills = [k for k in self.kills if k.kind == "agent"]
         after_seconds = self.options.settle_seconds
         invariants: list[Invariant] = [
@@ -702,6 +718,8 @@ def summary(record: dict[str, Any]) -> str:
             lines.append(f"      - {violation}")
         if len(result["violations"]) > 5:
             lines.append(f"      … {len(result['violations']) - 5} more in the JSON record")
+        for note in result["notes"][:3]:
+            lines.append(f"      note: {note}")
     for note in record["observations"][:8]:
         lines.append(f"  note: {note}")
     if len(record["observations"]) > 8:

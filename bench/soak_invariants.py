@@ -27,6 +27,7 @@ class Invariant:
     promise: str
     checked: int = 0
     violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # allowed, but worth knowing
 
     @property
     def held(self) -> bool:
@@ -38,6 +39,7 @@ class Invariant:
             "held": self.held,
             "checked": self.checked,
             "violations": self.violations,
+            "notes": self.notes,
         }
 
 
@@ -177,14 +179,13 @@ def visible_tries(
             )
             continue
         session = max(sessions, key=lambda s: s.leased_at)
+        late = ""
         if session.ended_at is not None and run.start > session.ended_at.timestamp():
-            check.violations.append(
-                f"{where}: started after its session (job try {session.try_number}) ended "
-                f"at {session.ended_at.timestamp():.3f}"
-                + (" as lost" if session.lost else "")
-                + ": not part of any try the release shows"
+            late = (
+                f"started {run.start - session.ended_at.timestamp():.3f}s after the release "
+                f"ended its session (job try {session.try_number}"
+                + (", lost)" if session.lost else ")")
             )
-            continue
         key = _log_key(task_run, session.try_number, run.task_try)
         if key is None:
             check.violations.append(
@@ -203,6 +204,10 @@ def visible_tries(
         if mark in text:
             if mark not in printed_logs.get(run.release, ""):
                 check.violations.append(f"{where}: `stageflow logs` does not print {key}")
+            elif late:
+                check.notes.append(f"{where}: {late}; that try's log {key} shows it")
+        elif late:
+            check.violations.append(f"{where}: {late}, and its log {key} does not show it")
         elif run.end is not None and not _agent_killed_during(run, agent_kills):
             check.violations.append(
                 f"{where}: ran to its end but its try's log {key} does not show it"

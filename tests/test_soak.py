@@ -216,15 +216,24 @@ def test_a_run_the_release_does_not_show_is_a_violation() -> None:
     status = release([build_view([key], [session("agent-1", 1, 5, 12)])])
     unseen = [
         run("a", 10.0, 11.0, agent="agent-3"),  # no session of its agent
-        run("b", 13.0, 14.0),  # after its session ended
+        run("b", 13.0, 14.0),  # after its session ended, and its log does not show it
         run("c", 10.5, 11.0, task_try=2),  # no such try listed
     ]
     check = visible_tries(unseen, {1: status}, {key: ""}.get, {1: ""}, [])
     assert len(check.violations) == 3, check.violations
     by_run = {v.split(" (try key")[0].rsplit(" ", 1)[-1]: v for v in check.violations}
     assert "no session of agent-3" in by_run["a"]
-    assert "after its session" in by_run["b"]
+    assert "after the release ended its session" in by_run["b"]
     assert "not among the tries shown" in by_run["c"]
+
+
+def test_a_run_begun_as_its_try_was_given_up_is_a_note_when_that_log_shows_it() -> None:
+    key = "soak/1/build/1/job/01-compile.log"
+    status = release([build_view([key], [session("agent-1", 1, 5, 12)])])
+    late = run("b", 12.05, None, last_alive=12.2, gone_at=12.3)
+    check = visible_tries([late], {1: status}, {key: "soak-run b\n"}.get, {1: "soak-run b"}, [])
+    assert check.held, check.violations
+    assert "0.050s after the release ended its session" in check.notes[0]
 
 
 def test_a_finished_run_missing_from_its_log_is_a_violation_unless_its_agent_died() -> None:

@@ -38,6 +38,9 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=lambda: SmtpSettings())
     # Base64 AES-256 key: every Temporal payload encrypted (worker/codec.py). Not in repr.
     codec_key: str | None = field(default=None, repr=False)
+    # The record (activities/record): None is the SQLite file in the data dir. Not in
+    # repr: a PostgreSQL URL may hold a password.
+    database_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -64,6 +67,7 @@ class Settings:
             tls_ca=path("TEMPORAL_TLS_SERVER_CA_CERT_PATH"),
             smtp=SmtpSettings.from_env(env),
             codec_key=env.get("STAGEFLOW_CODEC_KEY") or None,
+            database_url=env.get("STAGEFLOW_DATABASE_URL") or None,
         )
 
     def with_flags(self, **flags: object) -> Settings:
@@ -72,6 +76,18 @@ class Settings:
         if "data_dir" in given:
             given["data_dir"] = Path(str(given["data_dir"])).expanduser()
         return replace(self, **given)  # type: ignore[arg-type]
+
+    @property
+    def record_url(self) -> str:
+        """The record's database: STAGEFLOW_DATABASE_URL, else the SQLite file in the data dir."""
+        # Imported here: SQLAlchemy loads only in processes that use the record.
+        from activities.record.database import async_url, default_database_url
+
+        return (
+            async_url(self.database_url)
+            if self.database_url
+            else default_database_url(self.data_dir)
+        )
 
     @property
     def log_dir(self) -> Path:

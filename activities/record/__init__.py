@@ -1,0 +1,77 @@
+"""The record: every release, deployment and decision kept in SQL (issue 12).
+
+Temporal runs the process; the record remembers it. The workflows write it
+through the record activity (writes.py: idempotent, newer-only), the CLI, the
+API and the pages read it (queries.py), so reads never depend on a worker being
+up or on Temporal's retention. SQLite in the data dir by default, PostgreSQL
+with STAGEFLOW_DATABASE_URL (database.py); the schema is migrated by Alembic
+(migrations/), at the start of every process that writes (`upgrade(url)`).
+"""
+
+from activities.record.database import (
+    Database,
+    async_url,
+    current_revision,
+    default_database_url,
+    open_database,
+    safe_url,
+    upgrade,
+    upgrade_now,
+)
+from activities.record.queries import (
+    deployed_on,
+    history,
+    release,
+    release_spec,
+    releases,
+    releases_waiting_on,
+    revisions,
+    status_matrix,
+)
+from activities.record.views import (
+    Deployed,
+    RecordedRevision,
+    StageDeployments,
+    StatusMatrix,
+    Waiting,
+)
+from activities.record.writes import (
+    ReleaseNotRecorded,
+    event_id,
+    import_release,
+    record_attempt,
+    record_events,
+    record_release,
+    record_revision,
+)
+
+__all__ = [
+    "Database",
+    "Deployed",
+    "RecordedRevision",
+    "ReleaseNotRecorded",
+    "StageDeployments",
+    "StatusMatrix",
+    "Waiting",
+    "async_url",
+    "current_revision",
+    "default_database_url",
+    "deployed_on",
+    "event_id",
+    "history",
+    "import_release",
+    "open_database",
+    "record_attempt",
+    "record_events",
+    "record_release",
+    "record_revision",
+    "release",
+    "release_spec",
+    "releases",
+    "releases_waiting_on",
+    "revisions",
+    "safe_url",
+    "status_matrix",
+    "upgrade",
+    "upgrade_now",
+]

@@ -1,0 +1,75 @@
+"""What the record's queries answer, beside the workflows' own models (ReleaseStatus,
+StageAttempt, AuditEvent), which they return where those fit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from workflows.pipeline import Model
+from workflows.release import ReleaseStatus, StageAttempt, StageStatus
+
+
+class Waiting(Model):
+    """One deployment waiting on a person: an approval, an intervention, a deferral."""
+
+    pipeline: str
+    number: int
+    release: str = Field(description="the release's name")
+    stage: str
+    attempt: StageAttempt
+    kind: str = Field(description="approval, intervention or deferred")
+    phase: str = Field(description="pre or post for an approval and a deferral; '' otherwise")
+    approvers: list[str] = Field(description="the entries still needed, as the pipeline names them")
+    users: list[str] = Field(description="who may act now, groups expanded")
+    deadline: datetime | None = None
+
+    @property
+    def reference(self) -> str:
+        return f"{self.pipeline}/{self.number}"
+
+
+class Deployed(Model):
+    """One deployment of a stage, in what-is-where views."""
+
+    number: int
+    release: str = Field(description="the release's name")
+    attempt: int
+    status: StageStatus
+    triggered_by: str
+    started_at: datetime
+    ended_at: datetime | None = None
+
+
+class StageDeployments(Model):
+    """What is on one stage: the last successful deployment, and any under way."""
+
+    stage: str
+    deployed: Deployed | None = Field(
+        None, description="the last succeeded (or partially succeeded) deployment, by end time"
+    )
+    in_progress: list[Deployed] = Field(
+        [], description="latest attempts of active releases that have not ended, newest first"
+    )
+
+
+class StatusMatrix(Model):
+    """`stageflow status PIPELINE`: stages × recent releases, and what is where."""
+
+    pipeline: str
+    stages: list[str] = Field(description="the newest release's stages, then older ones")
+    releases: list[ReleaseStatus] = Field(
+        description="newest first; each stage with its latest attempt only (no tasks)"
+    )
+    deployed: list[StageDeployments]
+
+
+class RecordedRevision(Model):
+    """One version of a pipeline's definition."""
+
+    sha256: str
+    author: str
+    time: datetime
+    first_release: int | None = None
+    definition: str | None = None
