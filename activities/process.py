@@ -1,9 +1,9 @@
 """Running a task's process: its output into the log with secrets masked, progress
 callbacks for heartbeats, and timeouts and cancellation that take down the whole
-process group, grandchildren included. With a `TaskMark`, the process runs under
-the supervisor of `activities/reaper.py` (it dies with the agent) and whatever
-carries its mark after it ended — processes that left the group — is killed and
-named in the log.
+process group, grandchildren included. With a `TaskMark`, the process is started
+by `activities/reaper.py` (it dies with the agent, grandchildren included) and
+whatever carries its mark after it ended — processes that left the group — is
+killed and named in the log.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from activities.logs import LogWriter, SecretMasker
-from activities.reaper import MarkedProcess, TaskMark, kill_marked, supervisor_argv
+from activities.reaper import MarkedProcess, TaskMark, kill_marked, supervised_argv
 
 CHUNK_BYTES = 256 * 1024
 PIPE_BYTES = 1024 * 1024
@@ -90,7 +90,7 @@ async def run_process(
     the process ended.
 
     With `mark`, every process started carries the mark in its environment, the
-    process runs under the supervisor (so the group dies with this process), and
+    process is started by the reaper (so the group dies with this process), and
     once it has ended every process still carrying the mark is killed too; those
     that had left the group are named in the log and in `left_running`.
     """
@@ -99,7 +99,7 @@ async def run_process(
         env = {**env, **mark.env()}
     try:
         proc = await asyncio.create_subprocess_exec(
-            *(supervisor_argv(argv) if mark is not None else argv),
+            *(supervised_argv(argv) if mark is not None else argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

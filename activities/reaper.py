@@ -1,6 +1,6 @@
 """Nothing a task starts outlives it: the mark every process of a task carries, the
-supervisor that takes a task's processes down with its agent, and the sweep that
-kills what is left (DESIGN.md "Faults").
+start and the watcher that take a task's processes down with its agent, and the
+sweep that kills what is left (DESIGN.md "Faults").
 
 A cgroup would hold a task's processes best; where there is none (cgroups v1, as
 on the machines this was built on) Stageflow marks them instead. Every process a
@@ -10,37 +10,37 @@ work dir) and `STAGEFLOW_TASK_RUN` (`<lease id>:<index>:<try>`), which stay in
 lost its parent (the agent died). A process that starts another with a cleaned
 environment (`env -i`) takes that one out of reach: only a cgroup could follow it.
 
-Run as a script, this module is the supervisor a task runs under (standard library
-only, so it starts in milliseconds with `python -I -S`):
+Run as a script, this module starts a task so that it dies with its agent
+(standard library only, so it starts in milliseconds with `python -I -S`):
 
-    python -I -S reaper.py <agent pid> <program> [args...]
+    python -I -S reaper.py start <agent pid> <program> [args...]
 
-It leads the task's process group, runs the program in it and exits as the
-program does (same exit code, or killed by the same signal). It asks the kernel
-for a signal when its parent, the agent, dies (`PR_SET_PDEATHSIG`) and then kills
-every process carrying the task's mark and its whole group: a task dies with its
-agent even when it prints nothing and never notices the agent is gone.
+leads a new process group, asks the kernel to SIGKILL it when the agent dies
+(`PR_SET_PDEATHSIG`), starts a watcher, and becomes the program (exec: the task's
+`$$` is its process group, its exit status its own). The kernel signal reaches
+only that one process, so the watcher
+
+    python -I -S reaper.py watch <agent pid> <task pid> <agent dir> <task run>
+
+(in a session of its own, without the mark) waits on the agent with a pidfd and,
+when the agent dies, kills the task's group and every process carrying its mark;
+it leaves by itself once the task's group is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 AGENT_DIR_VAR = "STAGEFLOW_AGENT_DIR"
 TASK_RUN_VAR = "STAGEFLOW_TASK_RUN"
-# PR_SET_PDEATHSIG from <linux/prctl.h>; the signal the supervisor asks for.
-PR_SET_PDEATHSIG = 1
-PARENT_DIED = signal.SIGUSR1
-# Signals the whole group gets when the agent stops a task: the supervisor stays
-# until its program has gone, so the exit status is the program's.
-FORWARDED_BY_GROUP = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # A process may fork while it is being killed: sweep until a round finds nothing.
 SWEEP_ROUNDS = 10
 CMDLINE_CHARS = 300
@@ -112,9 +112,9 @@ def kill_marked(agent_dir: str, run: str | None = None) -> list[MarkedProcess]:
     return list(killed.values())
 
 
-def supervisor_argv(argv: list[str], python: str = sys.executable) -> list[str]:
-    """`argv` run under the supervisor, whose parent is this process."""
-    return [python, "-I", "-S", str(Path(__file__).resolve()), str(os.getpid()), *argv]
+def supervised_argv(argv: list[str], python: str = sys.executable) -> list[str]:
+    """`argv` started through `start` below, dying with this process (its parent)."""
+    return [python, "-I", "-S", str(Path(__file__).resolve()), "start", str(os.getpid()), *argv]
 
 
 def _describe(pid: int, run: str) -> MarkedProcess | None:
@@ -133,59 +133,101 @@ def _describe(pid: int, run: str) -> MarkedProcess | None:
     return MarkedProcess(pid=pid, pgid=int(fields[2]), run=run, cmdline=cmdline or "?")
 
 
-# --- the supervisor ----------------------------------------------------------------------
+# --- starting a task, and watching over it ----------------------------------------------
+
+WATCH_POLL = 0.5  # once the task's leader has gone, how often to look at its group
 
 
-def supervise(parent: int, argv: list[str]) -> NoReturn:
-    """Run `argv` in this process's group and exit as it does; die with `parent`."""
-    agent_dir = os.environ.get(AGENT_DIR_VAR, "")
-    run = os.environ.get(TASK_RUN_VAR)
+def start(agent: int, argv: list[str]) -> NoReturn:
+    """Become `argv`, in a process group of its own, dying with `agent`."""
     if os.getpgrp() != os.getpid():
-        os.setsid()  # the group it kills must be the task's own, never its caller's
-
-    def parent_died(_signum: int, _frame: FrameType | None) -> None:
-        if os.getppid() == parent:
-            return  # someone else sent the signal: the agent lives
-        take_down()
-
-    def take_down() -> NoReturn:
-        if agent_dir:
-            kill_marked(agent_dir, run)  # those that left the group, too
-        os.killpg(0, signal.SIGKILL)  # this process included
-        os._exit(137)  # not reached
-
-    for forwarded in FORWARDED_BY_GROUP:
-        signal.signal(forwarded, lambda _s, _f: None)  # the program gets its own copy
-    signal.signal(PARENT_DIED, parent_died)
-    _ask_for_parent_death_signal()
-    if os.getppid() != parent:
-        take_down()  # the agent died before the kernel was asked
-
-    child = os.fork()
-    if child == 0:
-        # Signals caught above are reset to their defaults by exec.
-        try:
-            os.execvp(argv[0], argv)
-        except OSError as err:
-            os.write(2, f"stageflow: cannot run {argv[0]}: {err.strerror}\n".encode())
-            os._exit(127)
-    _, status = os.waitpid(child, 0)
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        os._exit(128 + signum)  # a signal that does not end a process
-    os._exit(os.waitstatus_to_exitcode(status))
+        os.setsid()  # the group killed must be the task's own, never its caller's
+    _ask_for_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != agent:
+        os._exit(137)  # the agent died before the kernel was asked
+    _start_watcher(agent)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as err:
+        os.write(2, f"stageflow: cannot run {argv[0]}: {err.strerror}\n".encode())
+        os._exit(127)
 
 
-def _ask_for_parent_death_signal() -> None:
+def _start_watcher(agent: int) -> None:
+    """Fork the watcher away (twice, so the task never has it as a child)."""
+    task = os.getpid()
+    middle = os.fork()
+    if middle:
+        os.waitpid(middle, 0)
+        return
+    try:
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)  # it must not hold the task's output open
+        os.closerange(3, 65536)
+        env = {k: v for k, v in os.environ.items() if k not in (AGENT_DIR_VAR, TASK_RUN_VAR)}
+        agent_dir, run = os.environ.get(AGENT_DIR_VAR, ""), os.environ.get(TASK_RUN_VAR, "")
+        here = str(Path(__file__).resolve())
+        argv = [sys.executable, "-I", "-S", here, "watch", str(agent), str(task), agent_dir, run]
+        os.execve(sys.executable, argv, env)
+    finally:
+        os._exit(1)  # only when exec failed: the task then has the kernel signal alone
+
+
+def watch(agent: int, task: int, agent_dir: str, run: str) -> NoReturn:
+    """Until the task's group is gone: if the agent dies, take the task down."""
+    for ignored in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(ignored, signal.SIG_IGN)
+    try:
+        agent_fd = os.pidfd_open(agent)
+    except ProcessLookupError:
+        _take_down(task, agent_dir, run)
+    try:
+        task_fd: int | None = os.pidfd_open(task)
+    except ProcessLookupError:
+        task_fd = None
+    while True:
+        watched = [agent_fd] if task_fd is None else [agent_fd, task_fd]
+        ready, _, _ = select.select(watched, [], [], None if task_fd is not None else WATCH_POLL)
+        if agent_fd in ready:
+            _take_down(task, agent_dir, run)
+        if task_fd is not None and task_fd in ready:
+            os.close(task_fd)
+            task_fd = None
+        if task_fd is None and not _group_alive(task):
+            os._exit(0)
+
+
+def _take_down(task: int, agent_dir: str, run: str) -> NoReturn:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(task, signal.SIGKILL)
+    if agent_dir:
+        kill_marked(agent_dir, run)  # those that left the group, too
+    os._exit(0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _ask_for_parent_death_signal(signum: signal.Signals) -> None:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DIED), 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         os.write(2, f"stageflow: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}\n".encode())
 
 
 if __name__ == "__main__":
-    supervise(int(sys.argv[1]), sys.argv[2:])
+    if sys.argv[1] == "start":
+        start(int(sys.argv[2]), sys.argv[3:])
+    else:
+        watch(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

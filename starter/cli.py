@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--name")
     agent.add_argument("--capacity", type=int, default=1)
     agent.add_argument("--work-dir")
+    agent.add_argument(
+        "--drain-timeout",
+        default="10m",
+        help="on SIGTERM, how long running tasks may finish before their jobs go to "
+        "another agent (30s, 10m, 1h)",
+    )
     up = command("up", "run the local stack: server, control worker and one agent")
     up.add_argument(
         "--port", type=int, default=7233, help="gRPC port; the Web UI is on port + 1000"
@@ -296,13 +302,23 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.agent import AgentOptions, run_agent
+    from worker.agent import AgentOptions, AgentStop, WorkDirInUse, run_agent
+    from workflows.pipeline import parse_duration
 
-    options = AgentOptions.build(settings, args.pool, args.name, args.capacity, args.work_dir)
+    try:
+        drain_timeout = parse_duration(args.drain_timeout)
+    except ValueError as err:
+        raise UserError(f"--drain-timeout: {err}") from err
+    options = AgentOptions.build(
+        settings, args.pool, args.name, args.capacity, args.work_dir, drain_timeout
+    )
     if options.capacity < 1:
         raise UserError("--capacity must be at least 1")
     client = await _client(settings, identity=f"agent {options.name}")
-    await run_agent(client, settings, options, _stop_on_signals())
+    try:
+        await run_agent(client, settings, options, AgentStop.on_signals())
+    except WorkDirInUse as err:
+        raise UserError(str(err)) from err
     return Exit.OK
 
 

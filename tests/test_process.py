@@ -239,6 +239,30 @@ async def test_marked_task_keeps_its_exit_code_and_signal(tmp_path: Path) -> Non
     assert (await run(tmp_path, "kill -TERM $$", mark=mark)).exit_code == -15
 
 
+def watchers_of(task: int) -> list[int]:
+    """The reaper watchers looking after task `task` (started by this process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"watch" in argv and str(task).encode() in argv and str(os.getpid()).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_marked_task_leads_its_group_and_its_watcher_leaves_after_it(
+    tmp_path: Path,
+) -> None:
+    script = 'echo "$$ $(ps -o pgid= -p $$)"; sleep 0.5'
+    outcome = await run(tmp_path, script, mark=mark_for(tmp_path))
+
+    pid, pgid = log_lines(tmp_path)[0].split()
+    assert outcome.exit_code == 0 and pid == pgid  # `kill -- -$$` works in a task
+    await wait_until(lambda: not watchers_of(int(pid)))
+
+
 ESCAPES = {
     # Holds the output open, in a session of its own.
     "setsid in the background": (
