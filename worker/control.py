@@ -13,6 +13,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.calendar import plan_start
 from activities.gate_checks import check_http
 from activities.notify import Notifier
+from worker.running import run_until_stopped
 from worker.settings import Settings
 from workflows.names import CONTROL_TASK_QUEUE
 from workflows.pipeline_workflow import PipelineWorkflow
@@ -50,9 +51,9 @@ def control_worker(
 async def run_control_worker(
     client: Client, settings: Settings, stop: asyncio.Event, web_ui: str | None = None
 ) -> None:
-    """Run until `stop` is set; running workflows simply continue on another worker."""
-    async with control_worker(client, settings, settings.task_queue, web_ui):
-        await stop.wait()
+    """Run until `stop` is set; running workflows simply continue on another worker.
+    A worker that fails raises here (`stageflow up` restarts it)."""
+    await run_until_stopped(control_worker(client, settings, settings.task_queue, web_ui), stop)
 
 
 def control_activities(notifier: Notifier) -> list[Callable[..., Any]]:

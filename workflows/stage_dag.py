@@ -9,29 +9,27 @@ TRIGGERING_STATUSES = frozenset({"succeeded"})
 
 
 def find_cycle(upstream: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """Return one cycle as a path `[a, b, a]`, or None when the graph is a DAG."""
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
+    """Return one cycle as a path `[a, b, a]`, or None when the graph is a DAG.
 
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for parent in upstream.get(node, ()):
-            if state.get(parent) == 1:
-                return stack[stack.index(parent) :] + [parent]
-            if parent in upstream and state.get(parent) is None:
-                found = visit(parent)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in upstream:
-        if state.get(node) is None:
-            found = visit(node)
-            if found:
-                return found
+    Depth first without recursion, so a chain of thousands of stages is no problem."""
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    for root in upstream:
+        if state.get(root) is not None:
+            continue
+        path: list[str] = [root]
+        parents = [iter(upstream.get(root, ()))]
+        state[root] = 1
+        while path:
+            parent = next(parents[-1], None)
+            if parent is None:
+                state[path.pop()] = 2
+                parents.pop()
+            elif state.get(parent) == 1:
+                return path[path.index(parent) :] + [parent]
+            elif parent in upstream and state.get(parent) is None:
+                state[parent] = 1
+                path.append(parent)
+                parents.append(iter(upstream.get(parent, ())))
     return None
 
 
