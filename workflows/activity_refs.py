@@ -147,6 +147,14 @@ DOWNLOAD_ARTIFACTS = ActivityRef(
     DownloadResult,
     queue="agent",
     start_to_close=timedelta(hours=2),
+    # It heartbeats while it copies, and is idempotent (the content cache): after a
+    # server outage Temporal retries it on the same agent instead of waiting 2 h.
+    heartbeat=TASK_HEARTBEAT_TIMEOUT,
+    retry=RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=5,
+    ),
 )
 RENEW_LEASE = ActivityRef(
     "renew_lease",

@@ -70,6 +70,8 @@ class HandedBack(Exception):
 
 # How many times one lease may be renewed after Temporal lost sight of it.
 MAX_RENEWALS = 10
+# How long a step sent to an agent that has handed its job back may take to answer.
+HAND_BACK_GRACE = timedelta(seconds=30)
 
 
 def log_key(context: JobContext, index: int, task: Task, try_number: int, job_try: int = 1) -> str:
@@ -208,9 +210,18 @@ class AgentLease:
             except BaseException:
                 pass
             raise
-        if not handle.done() and _ended_well(self.handle):
-            # The agent ended the lease itself with this step (the job's last task, or a
-            # hand-back after the step): the step's own result is on its way.
+        if not handle.done() and self.handed_back:
+            # A draining agent hands the job back once its running step is done, so that
+            # step's result is on its way; a step sent after the hand-back is refused or
+            # never picked up: it is not waited for longer than the grace.
+            try:
+                await workflow.wait_condition(handle.done, timeout=HAND_BACK_GRACE)
+            except TimeoutError:
+                handle.cancel()
+                raise HandedBack() from None
+        elif not handle.done() and _ended_well(self.handle):
+            # The agent ended the lease itself with this step (the job's last task):
+            # the step's own result is on its way.
             await workflow.wait([handle])
         if not handle.done():
             handle.cancel()
