@@ -70,6 +70,9 @@ class MarkedProcess:
         return f"pid {self.pid}: {self.cmdline}"
 
 
+HERE = str(Path(__file__).resolve())
+
+
 def marked_processes(agent_dir: str, run: str | None = None) -> list[MarkedProcess]:
     """Live processes carrying `agent_dir`'s mark (and `run`'s, if given), not this one."""
     needle = AGENT_DIR_VAR.encode() + b"="
@@ -93,7 +96,9 @@ def marked_processes(agent_dir: str, run: str | None = None) -> list[MarkedProce
         if run is not None and their_run != run:
             continue
         process = _describe(pid, their_run)
-        if process is not None:
+        # Not the task's: its watcher (or `start` forking it), which carries the mark
+        # from fork until it execs with a clean environment.
+        if process is not None and HERE not in process.cmdline:
             found.append(process)
     return found
 

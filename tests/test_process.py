@@ -349,3 +349,26 @@ async def test_a_marked_task_dies_with_the_process_that_started_it(tmp_path: Pat
     finally:
         parent.kill()
         parent.wait()
+
+
+async def test_the_tasks_own_watcher_is_not_taken_for_an_escaped_process(tmp_path: Path) -> None:
+    """The watcher carries the mark from its fork until it execs with a clean
+    environment; a task that ends in that moment must not count it as escaped."""
+    from activities.reaper import HERE, marked_processes
+
+    mark = TaskMark(agent_dir=str(tmp_path), run="lease#job#1:1:1")
+    env = {**os.environ, **mark.env()}
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    watcher_like = subprocess.Popen([*sleeper, HERE, "watch"], env=env)
+    escaped = subprocess.Popen(sleeper, env=env)
+    try:
+
+        async def both_started() -> list[int] | None:
+            found = [p.pid for p in marked_processes(str(tmp_path))]
+            return found if escaped.pid in found else None
+
+        assert await wait_for(both_started, what="the marked process") == [escaped.pid]
+    finally:
+        for process in (watcher_like, escaped):
+            process.kill()
+            process.wait()
