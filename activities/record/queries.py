@@ -8,10 +8,10 @@ StageAttempt, AuditEvent, ReleaseSpec) built from rows, or those in views.py.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import Select, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.record.database import Database
@@ -88,31 +88,21 @@ async def release(db: Database, pipeline: str, number: int) -> ReleaseStatus | N
         row = await _release_row(session, pipeline, number)
         if row is None:
             return None
-        deployments = (
-            (
-                await session.execute(
-                    select(DeploymentRow)
-                    .where(DeploymentRow.release_id == row.id)
-                    .order_by(DeploymentRow.stage, DeploymentRow.attempt)
-                )
-            )
-            .scalars()
-            .all()
+        deployments = await _all(
+            session,
+            select(DeploymentRow)
+            .where(DeploymentRow.release_id == row.id)
+            .order_by(DeploymentRow.stage, DeploymentRow.attempt),
         )
         attempts = await _attempts(session, deployments)
         by_stage: dict[str, list[StageAttempt]] = defaultdict(list)
         for deployment in deployments:
             by_stage[deployment.stage].append(attempts[deployment.id])
-        stages = (
-            (
-                await session.execute(
-                    select(ReleaseStageRow)
-                    .where(ReleaseStageRow.release_id == row.id)
-                    .order_by(ReleaseStageRow.position)
-                )
-            )
-            .scalars()
-            .all()
+        stages = await _all(
+            session,
+            select(ReleaseStageRow)
+            .where(ReleaseStageRow.release_id == row.id)
+            .order_by(ReleaseStageRow.position),
         )
         views = [
             StageView(
@@ -140,16 +130,11 @@ async def history(db: Database, pipeline: str, number: int) -> list[AuditEvent] 
         row = await _release_row(session, pipeline, number)
         if row is None:
             return None
-        events = (
-            (
-                await session.execute(
-                    select(AuditEventRow)
-                    .where(AuditEventRow.release_id == row.id)
-                    .order_by(AuditEventRow.time, AuditEventRow.id)
-                )
-            )
-            .scalars()
-            .all()
+        events = await _all(
+            session,
+            select(AuditEventRow)
+            .where(AuditEventRow.release_id == row.id)
+            .order_by(AuditEventRow.time, AuditEventRow.id),
         )
         return [_event(event) for event in events]
 
@@ -234,17 +219,12 @@ async def status_matrix(db: Database, pipeline: str, releases: int = 10) -> Stat
 async def revisions(db: Database, pipeline: str) -> list[RecordedRevision]:
     """The pipeline's change history: each definition revision, who brought it, when."""
     async with db.reading() as session:
-        found = (
-            (
-                await session.execute(
-                    select(RevisionRow)
-                    .join(PipelineRow, PipelineRow.id == RevisionRow.pipeline_id)
-                    .where(PipelineRow.name == pipeline)
-                    .order_by(RevisionRow.time, RevisionRow.id)
-                )
-            )
-            .scalars()
-            .all()
+        found = await _all(
+            session,
+            select(RevisionRow)
+            .join(PipelineRow, PipelineRow.id == RevisionRow.pipeline_id)
+            .where(PipelineRow.name == pipeline)
+            .order_by(RevisionRow.time, RevisionRow.id),
         )
         return [
             RecordedRevision(
@@ -631,3 +611,8 @@ def _event(row: AuditEventRow) -> AuditEvent:
         detail=row.detail,
         request_id=row.request_id,
     )
+
+
+async def _all(session: AsyncSession, statement: Select[Any]) -> Sequence[Any]:
+    """Every row a select of one entity returns."""
+    return (await session.execute(statement)).scalars().all()
