@@ -71,6 +71,14 @@ RETRYABLE_RPC = {
 }
 
 
+def _transient(err: RPCError) -> bool:
+    """The server was busy or away (restarting): the same request may be sent again.
+    A connection the server dropped in the middle of a call reads as UNKNOWN."""
+    return err.status in RETRYABLE_RPC or (
+        err.status == RPCStatusCode.UNKNOWN and "transport error" in err.message
+    )
+
+
 class ReleaseNotFound(LookupError):
     """No release with that reference: a user's mistake, exit code 2."""
 
@@ -175,7 +183,7 @@ async def create_release(
                 ),
             )
         except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
-            retryable = not isinstance(err, RPCError) or err.status in RETRYABLE_RPC
+            retryable = not isinstance(err, RPCError) or _transient(err)
             if not retryable or time.monotonic() + delay > deadline:
                 raise
         await asyncio.sleep(delay * random.uniform(0.5, 1.5))
