@@ -712,6 +712,11 @@ class Pipeline(Model):
         description="a release with no activity for this long is closed",
     )
 
+    @property
+    def close_idle_after(self) -> timedelta:
+        """A release with no activity for this long is closed (the workflow's idle timer)."""
+        return self.retention
+
     @classmethod
     def validate_new(cls, data: Any) -> Pipeline:
         """Validate a pipeline being written or released now: every rule, also those that

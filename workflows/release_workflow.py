@@ -427,7 +427,7 @@ class ReleaseWorkflow:
         if self._running or self._tasks:
             return None
         idle = workflow.now() - self._state.last_activity
-        return max(self._spec.pipeline.retention - idle, timedelta(seconds=1))
+        return max(self._spec.pipeline.close_idle_after - idle, timedelta(seconds=1))
 
     def _can_continue(self) -> bool:
         return not self._tasks and workflow.info().is_continue_as_new_suggested()
