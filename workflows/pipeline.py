@@ -8,6 +8,7 @@ Every model rejects unknown fields, so a typo is an error naming its path.
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from collections.abc import Iterable
 from datetime import timedelta
@@ -82,19 +83,14 @@ def format_duration(value: timedelta) -> str:
     return "".join(out)
 
 
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$|^\d+$"},
-                {"type": "number"},
-            ],
-            "description": "a duration: 30s, 5m, 2h, 1d, 1h30m or a number of seconds",
-        }
-    ),
-]
+_DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$|^\d+$"},
+        {"type": "number"},
+    ],
+    "description": "a duration: 30s, 5m, 2h, 1d, 1h30m or a number of seconds",
+}
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
 
 
 def _scalar_to_text(value: Any) -> Any:
@@ -604,6 +600,62 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+class Retention(Model):
+    """How long the record keeps a pipeline's releases, and when an idle release closes.
+
+    As in Azure's classic release retention: a release with no activity for `days`
+    is deleted from the record with its logs, except the releases of the last
+    `keep_last` deployments of each stage and the release deployed on a stage now
+    (activities/record/retention.py). A stage may set its own days and keep_last.
+    """
+
+    days: int = Field(
+        365, ge=1, description="a release with no activity for this long leaves the record"
+    )
+    keep_last: int = Field(
+        5, ge=0, description="the last N deployments of each stage keep their releases"
+    )
+    close_idle_after: Duration = Field(
+        timedelta(days=30), description="a release with no activity for this long is closed"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _idle_close_alone(cls, data: Any) -> Any:
+        """`retention: 30d`, the form before the record had a policy, is the idle close
+        with the default days and keep_last; so are the forms pydantic wrote of it in
+        release snapshots (a timedelta, "P30D", a number of seconds)."""
+        if isinstance(data, timedelta | str) or (
+            isinstance(data, int | float) and not isinstance(data, bool)
+        ):
+            try:
+                return {"close_idle_after": parse_duration(data)}
+            except ValueError as err:
+                raise ValueError(
+                    f"{err}; or give the whole policy:"
+                    " {days: 365, keep_last: 5, close_idle_after: 30d}"
+                ) from None
+        return data
+
+
+class StageRetention(Model):
+    """A stage's own retention: what it leaves out is the pipeline's."""
+
+    days: int | None = Field(
+        None, ge=1, description="a release with no activity for this long leaves the record"
+    )
+    keep_last: int | None = Field(
+        None, ge=0, description="the last N deployments of this stage keep their releases"
+    )
+
+
+def _retention_forms(schema: dict[str, Any]) -> None:
+    """In the JSON Schema, `retention` is the policy or (the older form) a duration."""
+    ref = schema.pop("$ref", None)
+    if ref is not None:
+        schema["anyOf"] = [{"$ref": ref}, copy.deepcopy(_DURATION_SCHEMA)]
+
+
 class AfterStages(Model):
     after_stages: list[str] = Field(min_length=1)
     when_partially_succeeded: bool = Field(
@@ -631,6 +683,9 @@ class Stage(Model):
     schedule: Schedule | None = None
     freezes: list[Freeze] = []
     notify: Notify | None = None
+    retention: StageRetention | None = Field(
+        None, description="this stage's days and keep_last, instead of the pipeline's"
+    )
 
     @model_validator(mode="after")
     def _tasks_or_jobs(self) -> Stage:
@@ -707,15 +762,17 @@ class Pipeline(Model):
     users: dict[str, UserInfo] = Field({}, description="people's email addresses")
     artifacts: list[Artifact] = []
     stages: list[Stage] = Field(min_length=1)
-    retention: Duration = Field(
-        timedelta(days=30),
-        description="a release with no activity for this long is closed",
+    retention: Retention = Field(
+        default_factory=Retention,
+        description="how long the record keeps releases (days, keep_last) and when an idle"
+        " release closes (close_idle_after); a duration alone is close_idle_after",
+        json_schema_extra=_retention_forms,
     )
 
     @property
     def close_idle_after(self) -> timedelta:
         """A release with no activity for this long is closed (the workflow's idle timer)."""
-        return self.retention
+        return self.retention.close_idle_after
 
     @classmethod
     def validate_new(cls, data: Any) -> Pipeline:
