@@ -41,6 +41,12 @@ class RecordWrite(Model):
     events: list[AuditEvent] = Field([], description="events of the release's own trail")
 
 
+class RetentionInput(Model):
+    """RetentionWorkflow: one retention run (the daily Schedule starts it with no options)."""
+
+    dry_run: bool = Field(False, description="count what would go, delete nothing")
+
+
 class RetentionRequest(Model):
     """`apply_retention`: delete what each pipeline's retention no longer keeps."""
 
@@ -53,5 +59,16 @@ class RetentionResult(Model):
 
     releases: int = 0
     deployments: int = 0
-    logs: int = 0
-    kept: int = Field(0, description="releases past their age kept by keep_last or being deployed")
+    logs: int = Field(0, description="log files (each with its timestamp index)")
+    kept: int = Field(
+        0, description="releases past their age kept: the sum of the kept_* counts below"
+    )
+    kept_deployed: int = Field(0, description="deployed on a stage now")
+    kept_last: int = Field(0, description="among the last keep_last deployments of a stage")
+    kept_active: int = Field(
+        0, description="active, with a deployment under way or its idle close not yet passed"
+    )
+    kept_unreadable: int = Field(
+        0, description="their snapshot's retention could not be read (kept, never guessed)"
+    )
+    dry_run: bool = False
