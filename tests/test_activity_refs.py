@@ -13,6 +13,8 @@ from temporalio.client import Client
 from activities.agent import AgentActivities
 from activities.log_store import DirectoryLogStore
 from activities.notify import Notifier, SmtpSettings
+from activities.record import default_database_url
+from activities.record.recorder import Recorder
 from worker.agent import pool_activities, step_activities
 from worker.control import control_activities
 from workflows import activity_refs
@@ -39,7 +41,7 @@ def served_names(tmp_path: Path) -> dict[str, set[str]]:
         return {_Definition.must_from_callable(fn).name for fn in functions}
 
     return {
-        "control": names(control_activities(notifier)),
+        "control": names(control_activities(notifier, Recorder(default_database_url(tmp_path)))),
         "pool": names(pool_activities(agent)),
         "agent": names(step_activities(agent)),
     }

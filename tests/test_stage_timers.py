@@ -31,6 +31,8 @@ from activities.calendar import plan_start
 from activities.gate_checks import check_http, run_check
 from activities.log_store import DirectoryLogStore
 from activities.notify import Notifier, SmtpSettings
+from activities.record import default_database_url, record_release
+from activities.record.recorder import Recorder
 from tests.conftest import wait_for
 from worker.control import SANDBOX, WORKFLOWS
 from workflows.approval_policy import Decision
@@ -46,6 +48,7 @@ class TimerWorld:
     queue: str
     pool: str
     root: Path
+    recorder: Recorder
 
     async def start(
         self, stage: dict[str, Any], **pipeline: Any
@@ -60,6 +63,8 @@ class TimerWorld:
             created_at=datetime.now(UTC),
             revision="0" * 64,
         )
+        # The release's row, as its ReleaseWorkflow would have written it first.
+        await record_release(await self.recorder.database(), spec, version=1)
         return await self.env.client.start_workflow(
             StageWorkflow.run,
             StageInput(spec=spec, stage="prod", attempt=1, triggered_by="carol", reason="test"),
@@ -86,13 +91,14 @@ async def world(time_skipping: WorkflowEnvironment, tmp_path: Path) -> AsyncIter
         data_dir=tmp_path,
     )
     notifier = Notifier(SmtpSettings(), tmp_path / "outbox")
+    recorder = Recorder(default_database_url(tmp_path))
     workers = [
         Worker(
             client,
             task_queue=queue,
             workflows=WORKFLOWS,
             workflow_runner=SANDBOX,
-            activities=[plan_start, check_http, notifier.send_notification],
+            activities=[plan_start, check_http, notifier.send_notification, recorder.record],
         ),
         Worker(client, task_queue=pool_queue(pool), activities=[agent.lease_agent, run_check]),
         Worker(
@@ -102,7 +108,8 @@ async def world(time_skipping: WorkflowEnvironment, tmp_path: Path) -> AsyncIter
         ),
     ]
     async with workers[0], workers[1], workers[2]:
-        yield TimerWorld(time_skipping, queue, pool, tmp_path)
+        yield TimerWorld(time_skipping, queue, pool, tmp_path, recorder)
+    await recorder.close()
 
 
 async def status_is(
@@ -137,13 +144,14 @@ async def test_approval_timeout_rejects_and_runs_nothing(world: TimerWorld) -> N
         }
     )
     await status_is(handle, StageStatus.WAITING_FOR_APPROVAL)
-    started = await world.now()
     result = await finish(handle)
     assert result.status == StageStatus.REJECTED
     assert result.message == "pre-deployment approval timed out after 3d"
     assert result.tasks[0].status == TaskStatus.SKIPPED
     assert result.approvals[0].status == "timed_out"
-    assert timedelta(days=3) <= await world.now() - started < timedelta(days=3, minutes=5)
+    # The deployment's own times: the approval's timer began after the deployment did.
+    assert result.ended_at is not None
+    assert timedelta(days=3) <= result.ended_at - result.started_at < timedelta(days=3, minutes=5)
 
 
 async def test_deferral_holds_the_deployment_until_the_time_then_deploys(world: TimerWorld) -> None:

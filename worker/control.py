@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,12 +14,16 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.calendar import plan_start
 from activities.gate_checks import check_http
 from activities.notify import Notifier
+from activities.record.recorder import Recorder
+from worker.backfill import backfill
 from worker.running import run_until_stopped
 from worker.settings import Settings
 from workflows.names import CONTROL_TASK_QUEUE
 from workflows.pipeline_workflow import PipelineWorkflow
 from workflows.release_workflow import ReleaseWorkflow
 from workflows.stage_workflow import StageWorkflow
+
+log = logging.getLogger(__name__)
 
 WORKFLOWS = [PipelineWorkflow, ReleaseWorkflow, StageWorkflow]
 
@@ -35,14 +40,16 @@ def control_worker(
     settings: Settings,
     task_queue: str = CONTROL_TASK_QUEUE,
     web_ui: str | None = None,
+    recorder: Recorder | None = None,
 ) -> Worker:
-    """Every workflow, and the control activities: start planning, mail, HTTP gate checks."""
+    """Every workflow, and the control activities: start planning, mail, HTTP gate
+    checks, the record's writes."""
     notifier = Notifier(settings.smtp, settings.outbox_dir, web_ui=web_ui)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=control_activities(notifier),
+        activities=control_activities(notifier, recorder or Recorder(settings.record_url)),
         workflow_runner=SANDBOX,
         max_concurrent_workflow_tasks=100,
     )
@@ -52,10 +59,37 @@ async def run_control_worker(
     client: Client, settings: Settings, stop: asyncio.Event, web_ui: str | None = None
 ) -> None:
     """Run until `stop` is set; running workflows simply continue on another worker.
-    A worker that fails raises here (`stageflow up` restarts it)."""
-    await run_until_stopped(control_worker(client, settings, settings.task_queue, web_ui), stop)
+    A worker that fails raises here (`stageflow up` restarts it).
+
+    The record's schema is migrated first; a database that is away then does not
+    keep the worker from starting (the record's writes wait and retry)."""
+    recorder = Recorder(settings.record_url)
+    try:
+        await recorder.database()
+    except Exception as err:  # the writes retry until the database is back
+        log.warning("record: database unavailable at start (%s); writes will retry", err)
+    worker = control_worker(client, settings, settings.task_queue, web_ui, recorder)
+    # Its queries are answered by this worker: started beside it, not before.
+    backfilling = asyncio.create_task(_backfill(client, recorder, settings.task_queue))
+    try:
+        await run_until_stopped(worker, stop)
+    finally:
+        backfilling.cancel()
+        await recorder.close()
 
 
-def control_activities(notifier: Notifier) -> list[Callable[..., Any]]:
-    """What the control worker serves beside the workflows: plan a start, mail, HTTP checks."""
-    return [plan_start, notifier.send_notification, check_http]
+async def _backfill(client: Client, recorder: Recorder, task_queue: str) -> None:
+    """Releases that exist only in Temporal, into the record (once: worker/backfill.py)."""
+    try:
+        imported = await backfill(client, await recorder.database(), task_queue=task_queue)
+    except Exception as err:  # the next start tries again
+        log.warning("record: backfill from Temporal did not run (%s)", err)
+        return
+    if imported:
+        log.info("record: %d releases imported from Temporal", imported)
+
+
+def control_activities(notifier: Notifier, recorder: Recorder) -> list[Callable[..., Any]]:
+    """What the control worker serves beside the workflows: plan a start, mail, HTTP
+    checks, and the record's writes."""
+    return [plan_start, notifier.send_notification, check_http, recorder.record]

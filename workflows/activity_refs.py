@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         StartPlan,
         StartPlanRequest,
     )
+    from workflows.record_api import RecordWrite, RetentionRequest, RetentionResult
 
 I = TypeVar("I")  # noqa: E741 - the input type
 R = TypeVar("R")
@@ -220,6 +221,28 @@ SEND_NOTIFICATION = ActivityRef(
     retry=MAIL_RETRIES,
 )
 
+# The record is written in the background and retried while the database is away:
+# it never fails a deployment, and a write's versions make every retry harmless.
+RECORD_RETRIES = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=["RecordRefused"],
+)
+RECORD = ActivityRef(
+    "record",
+    RecordWrite,
+    type(None),
+    start_to_close=timedelta(seconds=30),
+    retry=RECORD_RETRIES,
+)
+APPLY_RETENTION = ActivityRef(
+    "apply_retention",
+    RetentionRequest,
+    RetentionResult,
+    start_to_close=timedelta(hours=1),
+    retry=FEW_RETRIES,
+)
+
 ALL: list[ActivityRef] = [  # type: ignore[type-arg]
     LEASE_AGENT,
     RENEW_LEASE,
@@ -231,6 +254,8 @@ ALL: list[ActivityRef] = [  # type: ignore[type-arg]
     CHECK_HTTP,
     RUN_CHECK,
     SEND_NOTIFICATION,
+    RECORD,
+    APPLY_RETENTION,
 ]
 
 

@@ -28,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
         stage_workflow_id,
     )
     from workflows.pipeline import AfterStages, Model
+    from workflows.record_api import AttemptWrite, RecordWrite
+    from workflows.recording import RECORD_PATCH, RecordWriter
     from workflows.release import (
         AbandonRequest,
         CancelRequest,
@@ -51,6 +53,8 @@ class ReleaseState(Model):
     stages: list[StageView]
     history: list[AuditEvent] = []
     last_activity: datetime
+    # The run that continued as new had written all of the above to the record.
+    recorded: bool = False
 
 
 class ReleaseInput(Model):
@@ -98,9 +102,19 @@ class ReleaseWorkflow:
         # The PipelineWorkflow starts a release with StageflowStatus=in_progress.
         self._status_attribute: str | None = "in_progress" if input.state is None else None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The record: what is written already, and the deployments still to write.
+        self._recording = False
+        self._recorded_release = self._state.recorded
+        self._recorded_state = self._state.state if self._state.recorded else None
+        self._recorded_events = len(self._state.history) if self._state.recorded else 0
+        self._unrecorded: list[AttemptWrite] = []
+        self._record = RecordWriter(self._record_pending, self._take_record)
+        self._recorder: asyncio.Task[None] | None = None
 
     @workflow.run
     async def run(self, input: ReleaseInput) -> ReleaseStatus:
+        if workflow.patched(RECORD_PATCH):
+            self._start_recording()
         if input.state is None:
             self._trail.accept(self._spec.created_by, "create", self._creation_detail())
             for name in self._triggered(finished=None):
@@ -132,11 +146,14 @@ class ReleaseWorkflow:
                     )
                 )
                 if not self._requests and self._abandon is None:
+                    self._state.recorded = self._recording
                     workflow.continue_as_new(ReleaseInput(spec=self._spec, state=self._state))
         # Requests that came with the end are refused (the release is no longer active).
         self._answer_requests()
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._update_status_attribute()
+        # The release's end is in the record before the workflow closes.
+        await workflow.wait_condition(self._record.drained)
         return self.status()
 
     def _answer_requests(self) -> None:
@@ -297,6 +314,7 @@ class ReleaseWorkflow:
         view.status = StageStatus.QUEUED
         self._state.last_activity = workflow.now()
         self._update_status_attribute()
+        self._record_attempt(stage, view.attempts[-1])
         # Reserve the slot now so a second deploy of the same stage is refused at once.
         self._running[stage] = None
         task = asyncio.create_task(self._deploy_stage(stage, attempt, by, reason))
@@ -348,6 +366,7 @@ class ReleaseWorkflow:
         view.attempts[-1] = result
         view.status = result.status
         self._state.last_activity = workflow.now()
+        self._record_attempt(stage, result)
         self._trail.accept(
             SYSTEM,
             "stage " + result.status.value,
@@ -374,6 +393,54 @@ class ReleaseWorkflow:
                     ),
                 )
         await workflow.wait_condition(lambda: not self._tasks)
+
+    # --- the record -----------------------------------------------------------------
+
+    def _start_recording(self) -> None:
+        self._recording = True
+        if not self._recorded_release:
+            # A run before recording began (or continued as new from one): all of it.
+            for view in self._state.stages:
+                for attempt in view.attempts:
+                    self._record_attempt(view.name, attempt)
+        self._recorder = asyncio.create_task(self._record.run())
+
+    def _record_attempt(self, stage: str, attempt: StageAttempt) -> None:
+        """Write a deployment as this workflow knows it: when it is started (before its
+        StageWorkflow writes anything) and when it has ended. Between, the StageWorkflow
+        writes it; the release's copy then is older than the stage's own."""
+        if self._recording:
+            snapshot = attempt.model_copy(deep=True)
+            self._unrecorded.append(
+                AttemptWrite(stage=stage, attempt=snapshot, version=self._record.version())
+            )
+
+    def _record_pending(self) -> bool:
+        return self._recording and (
+            not self._recorded_release
+            or self._recorded_state != self._state.state
+            or bool(self._unrecorded)
+            or self._recorded_events < len(self._state.history)
+        )
+
+    def _take_record(self) -> RecordWrite:
+        """Everything not written yet: the snapshot the first time, the state when it
+        changed, the deployments started or ended, the trail's new events."""
+        state_changed = not self._recorded_release or self._recorded_state != self._state.state
+        write = RecordWrite(
+            pipeline=self._spec.pipeline.name,
+            number=self._spec.number,
+            spec=None if self._recorded_release else self._spec,
+            state=self._state.state if state_changed else None,
+            version=self._record.version() if state_changed else 0,
+            attempts=self._unrecorded,
+            events=self._state.history[self._recorded_events :],
+        )
+        self._recorded_release = True
+        self._recorded_state = self._state.state
+        self._recorded_events = len(self._state.history)
+        self._unrecorded = []
+        return write
 
     # --- helpers --------------------------------------------------------------------
 
@@ -430,7 +497,11 @@ class ReleaseWorkflow:
         return max(self._spec.pipeline.close_idle_after - idle, timedelta(seconds=1))
 
     def _can_continue(self) -> bool:
-        return not self._tasks and workflow.info().is_continue_as_new_suggested()
+        return (
+            not self._tasks
+            and workflow.info().is_continue_as_new_suggested()
+            and self._record.drained()
+        )
 
     def _creation_detail(self) -> str:
         versions = (

@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.deployment import Deployment, Rejected, StageInput
     from workflows.interventions import decide_intervention, intervention_pending
     from workflows.names import SA_CREATED_BY, SA_PIPELINE, SA_RELEASE, SA_STAGE, SA_STATUS
+    from workflows.record_api import AttemptWrite, RecordWrite
+    from workflows.recording import RECORD_PATCH, RecordWriter
     from workflows.release import (
         CancelRequest,
         DeployNow,
@@ -74,9 +76,15 @@ class StageWorkflow:
         self._d = Deployment(input, attempt)
         self._jobs = Jobs(self._d)
         self._steps: asyncio.Task[None] | None = None
+        # What the record was last sent (the ReleaseWorkflow writes the outcome).
+        self._recorded: StageAttempt | None = None
+        self._record = RecordWriter(self._unrecorded, self._take_record)
+        self._recorder: asyncio.Task[None] | None = None
 
     @workflow.run
     async def run(self, input: StageInput) -> StageAttempt:
+        if workflow.patched(RECORD_PATCH):
+            self._recorder = asyncio.create_task(self._record.run())
         self._steps = asyncio.create_task(self._deploy())
         rejected: str | None = None
         try:
@@ -117,6 +125,25 @@ class StageWorkflow:
         attempt.ended_at = workflow.now()
         d.set_status(status)
         return attempt
+
+    # --- the record -------------------------------------------------------------------
+
+    def _unrecorded(self) -> bool:
+        return self._d.attempt != self._recorded
+
+    def _take_record(self) -> RecordWrite:
+        """The deployment as it stands now, for the record."""
+        d = self._d
+        self._recorded = d.attempt.model_copy(deep=True)
+        return RecordWrite(
+            pipeline=d.spec.pipeline.name,
+            number=d.spec.number,
+            attempts=[
+                AttemptWrite(
+                    stage=d.stage.name, attempt=self._recorded, version=self._record.version()
+                )
+            ],
+        )
 
     # --- people's actions: updates that answer with the audit event ---------------
 

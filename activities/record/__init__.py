@@ -18,6 +18,7 @@ from activities.record.database import (
     upgrade,
     upgrade_now,
 )
+from activities.record.meta import MetaRow, get_meta, set_meta
 from activities.record.queries import (
     deployed_on,
     history,
@@ -43,11 +44,13 @@ from activities.record.writes import (
     record_events,
     record_release,
     record_revision,
+    record_state,
 )
 
 __all__ = [
     "Database",
     "Deployed",
+    "MetaRow",
     "RecordedRevision",
     "ReleaseNotRecorded",
     "StageDeployments",
@@ -58,6 +61,7 @@ __all__ = [
     "default_database_url",
     "deployed_on",
     "event_id",
+    "get_meta",
     "history",
     "import_release",
     "open_database",
@@ -65,12 +69,14 @@ __all__ = [
     "record_events",
     "record_release",
     "record_revision",
+    "record_state",
     "release",
     "release_spec",
     "releases",
     "releases_waiting_on",
     "revisions",
     "safe_url",
+    "set_meta",
     "status_matrix",
     "upgrade",
     "upgrade_now",

@@ -205,6 +205,25 @@ async def record_release(
         return changed is not None
 
 
+async def record_state(db: Database, pipeline: str, number: int, state: str, version: int) -> bool:
+    """Record the release's state (active, abandoned, closed) if `version` is newer than
+    the one recorded. True when applied. Raises ReleaseNotRecorded for an unknown release."""
+    async with db.writing.begin() as session:
+        release_id, _ = await _lock_release(session, pipeline, number)
+        releases = _table(ReleaseRow)
+        applied = (
+            await session.execute(
+                update(releases)
+                .where(releases.c.id == release_id, releases.c.version < version)
+                .values(state=state, version=version)
+                .returning(releases.c.id)
+            )
+        ).scalar_one_or_none()
+        if applied is not None:
+            await _refresh_release_status(session, release_id)
+        return applied is not None
+
+
 async def record_attempt(
     db: Database, pipeline: str, number: int, stage: str, attempt: StageAttempt, version: int
 ) -> bool:
