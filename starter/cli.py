@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from starter.exit_codes import Exit
+from starter.maintenance import add_retention_parser, cmd_retention
 from starter.pipeline_loader import InvalidPipeline, load_pipeline, pipeline_json_schema
 from starter.releases import (
     ReleaseClosed,
@@ -78,8 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--wait", action="store_true", help="show progress until the stages settle")
     listing = release_sub.add_parser("list", help="releases, newest first", parents=[common])
     listing.add_argument("--pipeline")
-    listing.add_argument("--status")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--status", help="the release's: waiting, in_progress, succeeded, ...")
+    listing.add_argument(
+        "--stage-status", metavar="STATUS", help="releases with a stage in this status"
+    )
+    listing.add_argument("--created-by", metavar="USER")
+    listing.add_argument("--limit", type=int, default=20, help="releases per page")
+    listing.add_argument("--page", type=int, default=1)
     show = release_sub.add_parser("show", help="one release and its stages", parents=[common])
     show.add_argument("release", metavar="PIPELINE/NUMBER")
 
@@ -137,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = command("history", "the audit trail of a release")
     history.add_argument("release", metavar="PIPELINE/NUMBER")
+    status = command("status", "what is deployed on each stage, and the newest releases")
+    status.add_argument("pipeline")
+    status.add_argument("--releases", type=int, default=10, help="how many (newest first)")
+
+    db = command("db", "the record's database")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser(
+        "upgrade", help="migrate the record's schema to this version's", parents=[common]
+    )
+    add_retention_parser(sub, [common])
 
     server = command("server", "run the local Temporal dev server (SQLite in the data dir)")
     server.add_argument(
@@ -233,7 +249,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
-    from starter import commands
+    from starter import commands, read_commands
 
     if args.release_command == "create":
         if not Path(args.file).exists():
@@ -241,10 +257,37 @@ async def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
         load_pipeline(args.file)  # invalid input is refused before any connection
         client = await _client(settings)
         return await commands.create(client, settings, args)
-    client = await _client(settings)
     if args.release_command == "list":
-        return await commands.list_releases(client, settings, args)
-    return await commands.show(client, settings, args)
+        return await read_commands.list_releases(settings, args)
+    return await read_commands.show(settings, args)
+
+
+async def cmd_read(args: argparse.Namespace, settings: Settings) -> int:
+    """The commands answered from the record alone: no Temporal connection needed."""
+    from starter import read_commands
+
+    if args.command == "history":
+        return await read_commands.history(settings, args, _ref(args.release))
+    if args.command == "approvals":
+        return await read_commands.approvals(settings, args)
+    return await read_commands.status(settings, args)
+
+
+async def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from activities.record import current_revision, safe_url, upgrade
+
+    url = settings.record_url
+    before = await current_revision(url)
+    await upgrade(url)
+    after = await current_revision(url)
+    where = safe_url(url)
+    if args.json:
+        print(json.dumps({"database": where, "from": before, "to": after}))
+    elif before == after:
+        print(f"{where}: schema up to date (revision {after})")
+    else:
+        print(f"{where}: schema migrated from revision {before or 'none'} to {after}")
+    return Exit.OK
 
 
 async def cmd_release_action(args: argparse.Namespace, settings: Settings) -> int:
@@ -267,12 +310,6 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError("approve needs PIPELINE/NUMBER STAGE (or --all-mine)")
     ref = _ref(args.release)
     return await commands.approve(await _client(settings), settings, args, ref)
-
-
-async def cmd_approvals(args: argparse.Namespace, settings: Settings) -> int:
-    from starter import commands
-
-    return await commands.approvals(await _client(settings), settings, args)
 
 
 def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
@@ -381,12 +418,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "cancel": cmd_release_action,
         "abandon": cmd_release_action,
         "logs": cmd_release_action,
-        "history": cmd_release_action,
+        "history": cmd_read,
+        "approvals": cmd_read,
+        "status": cmd_read,
+        "db": cmd_db,
+        "retention": cmd_retention,
         "reject": cmd_release_action,
         "resume": cmd_release_action,
         "gates": cmd_release_action,
         "approve": cmd_approve,
-        "approvals": cmd_approvals,
         "worker": cmd_worker,
         "agent": cmd_agent,
         "up": cmd_up,

@@ -17,6 +17,7 @@ from temporalio.client import Client
 
 from starter import render
 from starter.exit_codes import Exit
+from starter.read_commands import waiting_on
 from starter.releases import (
     ReleaseRef,
     StageNotFound,
@@ -29,10 +30,8 @@ from starter.releases import (
     ignore_gate,
     latest_attempt,
     parse_vars,
-    release_history,
     release_status,
     settled,
-    waiting_on_people,
 )
 from worker.settings import Settings
 from workflows.audit import AuditEvent
@@ -113,42 +112,6 @@ def _exit_code(status: ReleaseStatus) -> int:
     return Exit.FAILED if any(v.status in FAILED_STATUSES for v in triggered) else Exit.OK
 
 
-async def list_releases(client: Client, settings: Settings, args: argparse.Namespace) -> int:
-    query = ["WorkflowType = 'ReleaseWorkflow'"]
-    if args.pipeline:
-        query.append(f"StageflowPipeline = '{_quote(args.pipeline)}'")
-    if args.status:
-        query.append(f"StageflowStatus = '{_quote(args.status)}'")
-    rows = []
-    async for execution in client.list_workflows(" AND ".join(query), limit=args.limit):
-        ref = ReleaseRef.parse(execution.id.removeprefix("release/"))
-        try:
-            status = await release_status(client, ref, live=False)
-        except Exception:  # a release whose worker is gone still lists, without stages
-            continue
-        rows.append(render.release_json(status))
-    rows.sort(key=lambda row: row["created_at"] or "", reverse=True)
-    if args.json:
-        print(json.dumps(rows))
-    elif rows:
-        render.console().print(render.list_table(rows))
-    else:
-        print("no releases")
-    return Exit.OK
-
-
-async def show(client: Client, settings: Settings, args: argparse.Namespace) -> int:
-    ref = ReleaseRef.parse(args.release)  # a ValueError is a usage error: exit 2
-    status = await release_status(client, ref)
-    if args.json:
-        print(json.dumps(render.release_json(status)))
-    else:
-        render.console().print(render.release_view(status))
-        if any(v.latest and v.latest.tasks for v in status.stages):
-            render.console().print(render.tasks_table(status))
-    return Exit.OK
-
-
 async def deploy(
     client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
 ) -> int:
@@ -183,17 +146,6 @@ async def cancel(
 ) -> int:
     event = await cancel_stage(client, ref, args.stage, settings.user)
     return _verdict(ref, f"cancel {args.stage}", event, args.json)
-
-
-async def history(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
-    events = await release_history(client, ref)
-    if args.json:
-        print(json.dumps([event.model_dump(mode="json") for event in events]))
-    else:
-        render.console().print(render.history_table(events))
-    return Exit.OK
 
 
 async def logs(
@@ -261,24 +213,24 @@ async def approve(
 
 
 async def approve_all_mine(client: Client, settings: Settings, args: argparse.Namespace) -> int:
-    waiting = [w for w in await waiting_on_people(client, settings.user) if w.kind == "approval"]
+    recorded = await waiting_on(settings, settings.user)
+    waiting = [w for w in recorded if w.kind == "approval"]
     if not waiting:
         print(f"nothing is waiting on {settings.user}")
         return Exit.OK
     worst = Exit.OK
     for item in waiting:
+        ref = ReleaseRef(item.pipeline, item.number)
         event = await decide(
             client,
-            item.ref,
+            ref,
             item.stage,
             settings.user,
             "approve",
             phase=item.phase,
             comment=args.comment,
         )
-        code = _verdict(
-            item.ref, f"approve {item.stage} ({item.phase}-deployment)", event, args.json
-        )
+        code = _verdict(ref, f"approve {item.stage} ({item.phase}-deployment)", event, args.json)
         worst = max(worst, code)
     return worst
 
@@ -298,42 +250,6 @@ async def resume(
 ) -> int:
     event = await decide(client, ref, args.stage, settings.user, "resume", comment=args.comment)
     return _verdict(ref, f"resume {args.stage}", event, args.json)
-
-
-async def approvals(client: Client, settings: Settings, args: argparse.Namespace) -> int:
-    waiting = await waiting_on_people(client, settings.user if args.mine else None)
-    rows = [
-        {
-            "release": str(w.ref),
-            "name": w.release,
-            "stage": w.stage,
-            "attempt": w.attempt.attempt,
-            "waiting_for": w.kind if w.kind != "approval" else f"{w.phase}-deployment approval",
-            "approvers": w.approvers,
-            "deadline": w.deadline.isoformat() if w.deadline else None,
-            "status": w.attempt.status.value,
-        }
-        for w in waiting
-    ]
-    if args.json:
-        print(json.dumps(rows))
-        return Exit.OK
-    if not rows:
-        print("nothing is waiting" + (f" on {settings.user}" if args.mine else ""))
-        return Exit.OK
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("release", "stage", "waiting for", "approvers", "deadline (UTC)"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            f"{row['release']} ({row['name']})",
-            row["stage"],
-            row["waiting_for"],
-            ", ".join(row["approvers"]) or "anyone",
-            (row["deadline"] or "-")[:16].replace("T", " "),
-        )
-    render.console().print(table)
-    return Exit.OK
 
 
 async def gates(

@@ -10,7 +10,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from starter.limits import check_release_request
 from starter.pipeline_loader import load_pipeline
 from workflows.approval_policy import Decision
 from workflows.audit import AuditEvent
-from workflows.mail import approvers_to_mail
 from workflows.names import (
     CONTROL_TASK_QUEUE,
     pipeline_workflow_id,
@@ -46,22 +45,20 @@ from workflows.pipeline_workflow import (
     PipelineWorkflow,
 )
 from workflows.release import (
-    WAITING_ON_PEOPLE,
     AbandonRequest,
     CancelRequest,
     DeployNow,
     DeployRequest,
     GateIgnore,
     LateDecision,
-    ReleaseSpec,
     ReleaseStatus,
     StageAttempt,
     StageStatus,
+    end_from_outside,
     release_status_of,
 )
 from workflows.release_workflow import ReleaseWorkflow
 from workflows.stage_workflow import StageWorkflow
-from workflows.who_may import Deciders
 
 CREATE_RETRY_SECONDS = 120
 RETRYABLE_RPC = {
@@ -208,7 +205,7 @@ async def release_status(client: Client, ref: ReleaseRef, live: bool = True) -> 
             # Closed: what it recorded last, and whether it ended by itself or from outside.
             status = await handle.query(ReleaseWorkflow.status)
             if closed.status != WorkflowExecutionStatus.COMPLETED and closed.status is not None:
-                _ended_from_outside(status, closed.status.name.lower())
+                end_from_outside(status, closed.status.name.lower())
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ReleaseNotFound(f"release {ref} not found") from err
@@ -228,15 +225,42 @@ async def release_status(client: Client, ref: ReleaseRef, live: bool = True) -> 
     return status
 
 
-def _ended_from_outside(status: ReleaseStatus, how: str) -> None:
-    """A release workflow terminated (or timed out) in Temporal, not by Stageflow: say
-    so, and end what it shows as still running."""
-    status.state = status.status = how
-    for view in status.stages:
-        latest = view.latest
-        if latest is not None and not latest.status.is_final:
-            view.status = latest.status = StageStatus.TERMINATED
-            latest.message = f"the release workflow was {how.replace('_', ' ')} in Temporal"
+# A release workflow that ended so was ended in Temporal, not by Stageflow.
+ENDED_FROM_OUTSIDE = {
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT,
+    WorkflowExecutionStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED,
+}
+
+
+async def ended_from_outside(
+    client: Client, ref: ReleaseRef, rpc_timeout: timedelta | None = None
+) -> str | None:
+    """How the release's workflow was ended in Temporal (terminated, timed_out, ...),
+    or None while it runs or when it ended by itself. Asks the server, not a worker."""
+    described = await release_handle(client, ref).describe(rpc_timeout=rpc_timeout)
+    if described.status in ENDED_FROM_OUTSIDE:
+        return described.status.name.lower()
+    return None
+
+
+async def termination_event(
+    client: Client, ref: ReleaseRef, rpc_timeout: timedelta | None = None
+) -> AuditEvent | None:
+    """The termination of the release's workflow as an audit event: who, when, why."""
+    async for event in release_handle(client, ref).fetch_history_events(
+        event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT, rpc_timeout=rpc_timeout
+    ):
+        if event.HasField("workflow_execution_terminated_event_attributes"):
+            attributes = event.workflow_execution_terminated_event_attributes
+            return AuditEvent(
+                time=event.event_time.ToDatetime(tzinfo=UTC),
+                actor=attributes.identity or "temporal",
+                action="terminate",
+                detail=attributes.reason or "terminated in Temporal",
+            )
+    return None
 
 
 async def stage_progress(client: Client, workflow_id: str) -> StageAttempt | None:
@@ -257,18 +281,9 @@ async def release_history(client: Client, ref: ReleaseRef) -> list[AuditEvent]:
         for attempt in view.attempts:
             events += attempt.events
     if status.state == "terminated":
-        async for event in handle.fetch_history_events(
-            event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT
-        ):
-            attributes = event.workflow_execution_terminated_event_attributes
-            events.append(
-                AuditEvent(
-                    time=event.event_time.ToDatetime(tzinfo=UTC),
-                    actor=attributes.identity or "temporal",
-                    action="terminate",
-                    detail=attributes.reason or "terminated in Temporal",
-                )
-            )
+        event = await termination_event(client, ref)
+        if event is not None:
+            events.append(event)
     return sorted(events, key=lambda event: event.time)
 
 
@@ -426,80 +441,3 @@ async def ignore_gate(
     return await _act_on_stage(
         client, ref, stage, "ignore_gate", StageWorkflow.ignore_gate, request
     )
-
-
-@dataclass
-class Waiting:
-    """One deployment waiting on a person."""
-
-    ref: ReleaseRef
-    release: str
-    stage: str
-    attempt: StageAttempt
-    kind: str  # approval (pre/post) or intervention
-    phase: str
-    approvers: list[str]
-    users: list[str]  # who may act, groups expanded
-    deadline: datetime | None
-
-
-async def waiting_on_people(client: Client, user: str | None = None) -> list[Waiting]:
-    """Everything waiting on a person across releases, from StageflowStatus in visibility."""
-    statuses = ", ".join(f"'{s.value}'" for s in WAITING_ON_PEOPLE)
-    query = f"WorkflowType = 'StageWorkflow' AND StageflowStatus IN ({statuses})"
-    specs: dict[str, ReleaseSpec] = {}
-    found = []
-    async for execution in client.list_workflows(query):
-        parts = execution.id.split("/")
-        if len(parts) != 5 or not parts[2].isdigit():
-            continue
-        ref = ReleaseRef(parts[1], int(parts[2]))
-        progress = await stage_progress(client, execution.id)
-        if progress is None or progress.status not in WAITING_ON_PEOPLE:
-            continue
-        if str(ref) not in specs:
-            specs[str(ref)] = await release_handle(client, ref).query(ReleaseWorkflow.spec)
-        spec = specs[str(ref)]
-        for item in _waits_of(ref, spec, parts[3], progress):
-            if user is None or user in item.users:
-                found.append(item)
-    found.sort(key=lambda w: (str(w.ref), w.stage))
-    return found
-
-
-def _waits_of(
-    ref: ReleaseRef, spec: ReleaseSpec, stage: str, progress: StageAttempt
-) -> list[Waiting]:
-    """What one deployment waits for, and who can act now — by the same rules the
-    workflow judges with (workflows/who_may.py) and mails by (workflows/mail.py)."""
-    deciders = Deciders(spec.pipeline, spec.pipeline.stage(stage), spec.created_by)
-
-    def waiting(
-        kind: str, phase: str, entries: list[str], users: list[str], deadline: datetime | None
-    ) -> Waiting:
-        return Waiting(ref, spec.name, stage, progress, kind, phase, entries, users, deadline)
-
-    waits = []
-    for approval in progress.approvals:
-        policy = deciders.policy(approval.phase)
-        if approval.status == "pending" and policy is not None:
-            users = approvers_to_mail(policy, approval)
-            waits.append(
-                waiting("approval", approval.phase, approval.waiting_for, users, approval.deadline)
-            )
-    if progress.status == StageStatus.WAITING_FOR_INTERVENTION:
-        task = next((t for t in progress.tasks if t.status == "in_progress"), None)
-        entries: list[str] = []
-        for job in spec.pipeline.stage(stage).all_jobs():
-            for candidate in job.tasks:
-                if task and candidate.name == task.task and candidate.manual_intervention:
-                    entries = candidate.manual_intervention.approvers
-        users = deciders.of(entries)
-        waits.append(waiting("intervention", "", entries, users, progress.waiting_until))
-    pre = deciders.policy("pre")
-    if progress.status == StageStatus.DEFERRED and pre is not None:
-        users = [u for u in pre.users() if pre.approvals.creator_can_approve or u != pre.creator]
-        waits.append(
-            waiting("deferred", "pre", pre.approvals.approvers, users, progress.waiting_until)
-        )
-    return waits

@@ -235,12 +235,18 @@ async def test_error_paths_have_one_line_and_exit_code_2(stack: Stack) -> None:
     schema = json.loads(ok(await asyncio.to_thread(stack.cli, "pipeline", "schema")))
     assert "stages" in schema["properties"]
 
+    nowhere = f"127.0.0.1:{free_port()}"
     down = await asyncio.to_thread(
-        stack.cli, "release", "show", f"{name}/1", TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}"
+        stack.cli, "deploy", f"{name}/1", "dev", TEMPORAL_ADDRESS=nowhere
     )
     assert down.returncode == 2
     assert "cannot reach the Temporal server" in down.stderr and "stageflow up" in down.stderr
     assert "Traceback" not in down.stderr
+    # What was recorded is still there to read without the server.
+    shown = await asyncio.to_thread(
+        stack.cli, "release", "show", f"{name}/1", TEMPORAL_ADDRESS=nowhere
+    )
+    assert shown.returncode == 0 and "succeeded" in shown.stdout, shown.stderr
 
 
 async def test_failed_deployment_exits_1_from_create_wait(stack: Stack) -> None:

@@ -39,7 +39,12 @@ from activities.record.queries import release_spec
 from activities.record.writes import import_release
 from workflows.audit import AuditEvent
 from workflows.names import CONTROL_TASK_QUEUE
-from workflows.release import ReleaseSpec, ReleaseStatus, StageStatus, release_status_of
+from workflows.release import (
+    ReleaseSpec,
+    ReleaseStatus,
+    end_from_outside,
+    release_status_of,
+)
 from workflows.release_workflow import ReleaseWorkflow
 from workflows.stage_workflow import StageWorkflow
 
@@ -150,7 +155,7 @@ async def _read_release(
     if execution.status is None or execution.status == WorkflowExecutionStatus.RUNNING:
         await _take_in_running_stages(client, status, timeout)
     elif execution.status not in ENDED_BY_ITSELF:
-        _ended_from_outside(status, execution.status.name.lower())
+        end_from_outside(status, execution.status.name.lower())
         if execution.status == WorkflowExecutionStatus.TERMINATED:
             history.append(await _termination(client, execution, timeout))
     return spec, status, history
@@ -177,17 +182,6 @@ async def _take_in_running_stages(
             view.status = progress.status
         view.attempts[-1] = progress.model_copy(update={"status": view.status})
     status.status = release_status_of(status.stages, status.state)
-
-
-def _ended_from_outside(status: ReleaseStatus, how: str) -> None:
-    """A release workflow terminated (or timed out) in Temporal, not by Stageflow: say
-    so, and end what it shows as still running (as starter/releases.py shows it)."""
-    status.state = status.status = how
-    for view in status.stages:
-        latest = view.latest
-        if latest is not None and not latest.status.is_final:
-            view.status = latest.status = StageStatus.TERMINATED
-            latest.message = f"the release workflow was {how.replace('_', ' ')} in Temporal"
 
 
 async def _termination(

@@ -230,6 +230,17 @@ def release_status_of(stages: list[StageView], state: str) -> str:
     return "not_deployed"
 
 
+def end_from_outside(status: ReleaseStatus, how: str) -> None:
+    """A release workflow terminated (or timed out) in Temporal, not by Stageflow: say
+    so, and end what it shows as still running."""
+    status.state = status.status = how
+    for view in status.stages:
+        latest = view.latest
+        if latest is not None and not latest.status.is_final:
+            view.status = latest.status = StageStatus.TERMINATED
+            latest.message = f"the release workflow was {how.replace('_', ' ')} in Temporal"
+
+
 # --- updates ------------------------------------------------------------------------
 
 
