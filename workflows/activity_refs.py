@@ -232,7 +232,8 @@ RECORD = ActivityRef(
     "record",
     RecordWrite,
     type(None),
-    start_to_close=timedelta(seconds=30),
+    # A write takes milliseconds; one on a worker that died is retried after this.
+    start_to_close=timedelta(seconds=10),
     retry=RECORD_RETRIES,
 )
 APPLY_RETENTION = ActivityRef(

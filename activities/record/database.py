@@ -27,8 +27,10 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-# How long a SQLite writer waits for another one before it gives up (seconds).
-SQLITE_BUSY_TIMEOUT = 30
+# How long a SQLite writer waits for another one before it gives up (seconds): less
+# than the `record` activity's start-to-close, so a write blocked by another writer
+# fails and is retried instead of outliving its activity.
+SQLITE_BUSY_TIMEOUT = 5
 
 
 def default_database_url(data_dir: Path) -> str:
