@@ -12,9 +12,12 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from activities.record import open_database, upgrade
+from sqlalchemy.exc import SQLAlchemyError
+
+from activities.record import open_database, safe_url, upgrade
 from activities.record.retention import apply_retention
 from starter.exit_codes import Exit
+from starter.reading import RecordUnavailable
 from worker.settings import Settings
 from workflows.record_api import RetentionResult
 
@@ -42,16 +45,23 @@ def add_retention_parser(
 
 
 async def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
-    """Apply the record's retention now; print what went and what was kept."""
+    """Apply the record's retention now; print what went and what was kept. Raises
+    RecordUnavailable (one line naming the database) when the record cannot be written."""
     url = settings.record_url
-    await upgrade(url)
-    db = open_database(url)
     try:
-        result = await apply_retention(
-            db, datetime.now(UTC), settings.log_dir, dry_run=getattr(args, "dry_run", False)
-        )
-    finally:
-        await db.close()
+        await upgrade(url)
+        db = open_database(url)
+        try:
+            result = await apply_retention(
+                db, datetime.now(UTC), settings.log_dir, dry_run=getattr(args, "dry_run", False)
+            )
+        finally:
+            await db.close()
+    except (SQLAlchemyError, OSError) as err:
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
+        raise RecordUnavailable(
+            f"cannot apply retention to the record at {safe_url(url)} ({reason})"
+        ) from err
     if getattr(args, "json", False):
         print(json.dumps(result.model_dump(mode="json")))
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -41,9 +42,11 @@ from activities.record.tables import ReleaseRow
 from starter.cli import _common_options, settings_from
 from starter.maintenance import add_retention_parser, cmd_retention, retention_line
 from starter.pipeline_loader import pipeline_json_schema
+from starter.reading import RecordUnavailable
 from tests.conftest import wait_for
 from tests.postgres import PostgresCluster, missing_binaries, start_cluster
 from worker.control import SANDBOX
+from worker.devserver import free_port
 from worker.retention_schedule import ensure_retention_schedule
 from workflows.approval_policy import ApprovalState, DecisionRecord
 from workflows.audit import AuditEvent
@@ -614,6 +617,15 @@ async def test_retention_run_migrates_the_record_and_prints_one_line_or_json(
     fresh = parser.parse_args(["retention", "run", "--data-dir", str(tmp_path / "new")])
     assert await cmd_retention(fresh, settings_from(fresh)) == 0  # an empty data dir: migrated
     assert "deleted 0 releases" in capsys.readouterr().out
+
+
+async def test_retention_run_names_a_record_it_cannot_reach(tmp_path: Path) -> None:
+    args = retention_parser().parse_args(["retention", "run", "--data-dir", str(tmp_path)])
+    away = f"postgresql://sf:secret@127.0.0.1:{free_port()}/stageflow"
+    settings = dataclasses.replace(settings_from(args), database_url=away)
+    with pytest.raises(RecordUnavailable, match="cannot apply retention to the record at") as err:
+        await cmd_retention(args, settings)
+    assert "secret" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_the_line_says_why_releases_past_their_age_were_kept() -> None:

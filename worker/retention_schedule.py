@@ -33,8 +33,9 @@ RETENTION_SCHEDULE_ID = "stageflow-retention"
 RETENTION_HOUR, RETENTION_MINUTE = 3, 17
 # A run missed while the Temporal server was down is made up within this long.
 CATCHUP_WINDOW = timedelta(days=1)
-# A run that takes longer than this is stopped; the next day's run goes on from there.
-RUN_TIMEOUT = timedelta(hours=2)
+# A run that takes longer than this is stopped (the activity's three tries of an hour
+# each fit in it); the next day's run goes on from where it stopped.
+RUN_TIMEOUT = timedelta(hours=4)
 
 
 def retention_schedule(task_queue: str, schedule_id: str = RETENTION_SCHEDULE_ID) -> Schedule:

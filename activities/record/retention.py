@@ -389,8 +389,9 @@ async def _log_keys(db: Database, release_ids: Sequence[int]) -> list[str]:
 
 
 def _remove_logs(store: DirectoryLogStore, keys: Iterable[str], dry_run: bool) -> int:
-    """Remove each log and its index (counting the logs there were), then the directories
-    that leaves empty, up to the store's root. A key that is not a valid one is skipped."""
+    """Remove each log and its index (counting the logs removed), then the directories that
+    leaves empty, up to the store's root. A key that is not a valid one, or a file that
+    cannot be removed, is skipped with a warning."""
     removed = 0
     emptied: set[Path] = set()
     for key in keys:
@@ -401,12 +402,15 @@ def _remove_logs(store: DirectoryLogStore, keys: Iterable[str], dry_run: bool) -
             continue
         if path is None:
             continue
+        if not dry_run:
+            try:
+                index_path(path).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+            except OSError as err:  # its rows go all the same: say so, and go on
+                log.warning("retention: log %s not removed: %s", key, err)
+                continue
+            emptied.add(path.parent)
         removed += 1
-        if dry_run:
-            continue
-        index_path(path).unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
-        emptied.add(path.parent)
     root = store.root.resolve()
     for directory in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
         _remove_empty(directory, root)
