@@ -23,6 +23,7 @@ from temporalio.service import RPCError
 from starter.exit_codes import Exit
 from starter.maintenance import add_retention_parser, cmd_retention
 from starter.pipeline_loader import InvalidPipeline, load_pipeline, pipeline_json_schema
+from starter.reading import RecordUnavailable
 from starter.releases import (
     ReleaseClosed,
     ReleaseNotFound,
@@ -448,7 +449,7 @@ def run(argv: list[str] | None = None) -> int:
     except (UserError, ReleaseNotFound, ReleaseClosed, StageNotFound, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return Exit.USAGE
-    except (ServerUnavailable, ServerFailed) as err:
+    except (ServerUnavailable, ServerFailed, RecordUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return Exit.USAGE
     except RPCError as err:

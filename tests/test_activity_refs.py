@@ -13,8 +13,9 @@ from temporalio.client import Client
 from activities.agent import AgentActivities
 from activities.log_store import DirectoryLogStore
 from activities.notify import Notifier, SmtpSettings
-from activities.record import default_database_url
+from activities.record import default_database_url, open_database
 from activities.record.recorder import Recorder
+from activities.record.retention import Retention
 from worker.agent import pool_activities, step_activities
 from worker.control import control_activities
 from workflows import activity_refs
@@ -36,12 +37,14 @@ def served_names(tmp_path: Path) -> dict[str, set[str]]:
         data_dir=tmp_path,
     )
     notifier = Notifier(SmtpSettings(), tmp_path / "outbox")
+    url = default_database_url(tmp_path)
+    database = open_database(url)  # an engine only: nothing connects
 
     def names(functions: list) -> set[str]:  # type: ignore[type-arg]
         return {_Definition.must_from_callable(fn).name for fn in functions}
 
     return {
-        "control": names(control_activities(notifier, Recorder(default_database_url(tmp_path)))),
+        "control": names(control_activities(notifier, Recorder(url), Retention(database, None))),
         "pool": names(pool_activities(agent)),
         "agent": names(step_activities(agent)),
     }

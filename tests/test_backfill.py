@@ -285,7 +285,7 @@ async def test_upgrade_from_0001_adds_record_meta_and_keeps_the_rows(store_url: 
     database = open_database(store_url)
     try:
         await record_release(database, a_spec(), version=1)
-        await upgrade(store_url)
+        await upgrade(store_url, "0002")
         assert await current_revision(store_url) == "0002"
         assert [r.number for r in await releases(database)] == [1]
         assert await get_meta(database, "backfill/stageflow") is None

@@ -14,18 +14,22 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.calendar import plan_start
 from activities.gate_checks import check_http
 from activities.notify import Notifier
+from activities.record import open_database
 from activities.record.recorder import Recorder
+from activities.record.retention import Retention
 from worker.backfill import backfill
+from worker.retention_schedule import ensure_retention_schedule
 from worker.running import run_until_stopped
 from worker.settings import Settings
 from workflows.names import CONTROL_TASK_QUEUE
 from workflows.pipeline_workflow import PipelineWorkflow
 from workflows.release_workflow import ReleaseWorkflow
+from workflows.retention_workflow import RetentionWorkflow
 from workflows.stage_workflow import StageWorkflow
 
 log = logging.getLogger(__name__)
 
-WORKFLOWS = [PipelineWorkflow, ReleaseWorkflow, StageWorkflow]
+WORKFLOWS = [PipelineWorkflow, ReleaseWorkflow, StageWorkflow, RetentionWorkflow]
 
 # Pure libraries the workflows use, loaded once instead of per workflow run.
 SANDBOX = SandboxedWorkflowRunner(
@@ -41,6 +45,7 @@ def control_worker(
     task_queue: str = CONTROL_TASK_QUEUE,
     web_ui: str | None = None,
     recorder: Recorder | None = None,
+    retention: Retention | None = None,
 ) -> Worker:
     """Every workflow, and the control activities: start planning, mail, HTTP gate
     checks, the record's writes."""
@@ -49,7 +54,11 @@ def control_worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=control_activities(notifier, recorder or Recorder(settings.record_url)),
+        activities=control_activities(
+            notifier,
+            recorder or Recorder(settings.record_url),
+            retention or Retention(open_database(settings.record_url), settings.log_dir),
+        ),
         workflow_runner=SANDBOX,
         max_concurrent_workflow_tasks=100,
     )
@@ -68,7 +77,12 @@ async def run_control_worker(
         await recorder.database()
     except Exception as err:  # the writes retry until the database is back
         log.warning("record: database unavailable at start (%s); writes will retry", err)
-    worker = control_worker(client, settings, settings.task_queue, web_ui, recorder)
+    retention = Retention(open_database(settings.record_url), settings.log_dir)
+    worker = control_worker(client, settings, settings.task_queue, web_ui, recorder, retention)
+    try:
+        await ensure_retention_schedule(client, settings.task_queue)
+    except Exception as err:  # the next start tries again; `retention run` works meanwhile
+        log.warning("record: the retention schedule was not created (%s)", err)
     # Its queries are answered by this worker: started beside it, not before.
     backfilling = asyncio.create_task(_backfill(client, recorder, settings.task_queue))
     try:
@@ -76,6 +90,7 @@ async def run_control_worker(
     finally:
         backfilling.cancel()
         await recorder.close()
+        await retention.db.close()
 
 
 async def _backfill(client: Client, recorder: Recorder, task_queue: str) -> None:
@@ -89,7 +104,15 @@ async def _backfill(client: Client, recorder: Recorder, task_queue: str) -> None
         log.info("record: %d releases imported from Temporal", imported)
 
 
-def control_activities(notifier: Notifier, recorder: Recorder) -> list[Callable[..., Any]]:
+def control_activities(
+    notifier: Notifier, recorder: Recorder, retention: Retention
+) -> list[Callable[..., Any]]:
     """What the control worker serves beside the workflows: plan a start, mail, HTTP
-    checks, and the record's writes."""
-    return [plan_start, notifier.send_notification, check_http, recorder.record]
+    checks, the record's writes and its retention."""
+    return [
+        plan_start,
+        notifier.send_notification,
+        check_http,
+        recorder.record,
+        retention.apply_retention,
+    ]

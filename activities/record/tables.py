@@ -287,7 +287,12 @@ class AuditEventRow(Base):
     """One line of a release's audit trail (its own, or one of its deployments')."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (UniqueConstraint("release_id", "event_id"), Index(None, "release_id", "time"))
+    __table_args__ = (
+        UniqueConstraint("release_id", "event_id"),
+        Index(None, "release_id", "time"),
+        # A deployment's events; what ON DELETE CASCADE of a deployment looks them up by.
+        Index(None, "deployment_id"),
+    )
 
     id: Mapped[int] = _id()
     release_id: Mapped[int] = _parent("releases")
