@@ -20,10 +20,8 @@ from typing import NoReturn
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from starter.exit_codes import Exit
-from starter.maintenance import add_retention_parser, cmd_retention
+from starter.exit_codes import Exit, Unavailable
 from starter.pipeline_loader import InvalidPipeline, load_pipeline, pipeline_json_schema
-from starter.reading import RecordUnavailable
 from starter.releases import (
     ReleaseClosed,
     ReleaseNotFound,
@@ -38,7 +36,7 @@ class UserError(ValueError):
     """A mistake in what the user asked: one line, exit code 2."""
 
 
-class ServerUnavailable(Exception):
+class ServerUnavailable(Unavailable):
     pass
 
 
@@ -153,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser(
         "upgrade", help="migrate the record's schema to this version's", parents=[common]
     )
-    add_retention_parser(sub, [common])
+    retention = command("retention", "the record's retention: delete what pipelines no longer keep")
+    retention_sub = retention.add_subparsers(
+        dest="retention_command", required=True, metavar="ACTION"
+    )
+    run = retention_sub.add_parser(
+        "run", help="apply it now (a Temporal Schedule does daily)", parents=[common]
+    )
+    run.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
 
     server = command("server", "run the local Temporal dev server (SQLite in the data dir)")
     server.add_argument(
@@ -272,6 +277,12 @@ async def cmd_read(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "approvals":
         return await read_commands.approvals(settings, args)
     return await read_commands.status(settings, args)
+
+
+async def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    from starter.maintenance import cmd_retention as run_retention
+
+    return await run_retention(args, settings)
 
 
 async def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -449,7 +460,7 @@ def run(argv: list[str] | None = None) -> int:
     except (UserError, ReleaseNotFound, ReleaseClosed, StageNotFound, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return Exit.USAGE
-    except (ServerUnavailable, ServerFailed, RecordUnavailable) as err:
+    except (Unavailable, ServerFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return Exit.USAGE
     except RPCError as err:

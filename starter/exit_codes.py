@@ -13,3 +13,8 @@ class Exit(IntEnum):
     FAILED = 1
     USAGE = 2
     INTERRUPTED = 130
+
+
+class Unavailable(Exception):
+    """What a command needs cannot be reached (the Temporal server, the record's
+    database): one line naming it, exit 2."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,28 +19,6 @@ from starter.exit_codes import Exit
 from starter.reading import RecordUnavailable
 from worker.settings import Settings
 from workflows.record_api import RetentionResult
-
-
-def add_retention_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser | Sequence[argparse.ArgumentParser],
-) -> None:
-    """`retention run [--dry-run] [--json]` under the top-level parser's commands; `common`
-    is the parent parser (or parsers) every command takes its shared options from."""
-    parents = [common] if isinstance(common, argparse.ArgumentParser) else list(common)
-    help = "the record's retention: delete what each pipeline no longer keeps"
-    retention = sub.add_parser("retention", help=help, description=help, parents=parents)
-    actions = retention.add_subparsers(dest="retention_command", required=True, metavar="ACTION")
-    run = actions.add_parser(
-        "run",
-        help="apply it now (the Schedule does daily)",
-        description="Delete the releases, rows and logs that each pipeline's retention no "
-        "longer keeps, now.",
-        parents=parents,
-    )
-    run.add_argument(
-        "--dry-run", action="store_true", help="say what would be deleted, delete nothing"
-    )
 
 
 async def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:

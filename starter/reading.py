@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.record import Database, open_database, safe_url
+from starter.exit_codes import Unavailable
 from starter.releases import ReleaseRef, ended_from_outside, termination_event
 from worker.settings import Settings, connect
 from workflows.audit import AuditEvent
@@ -32,7 +33,7 @@ LIVE_TIMEOUT = timedelta(milliseconds=300)
 CONNECT_TIMEOUT = 0.5
 
 
-class RecordUnavailable(Exception):
+class RecordUnavailable(Unavailable):
     """The record cannot be read (the database is away, or was never set up)."""
 
 

@@ -39,8 +39,8 @@ from activities.record import (
 )
 from activities.record.retention import Retention, apply_retention
 from activities.record.tables import ReleaseRow
-from starter.cli import _common_options, settings_from
-from starter.maintenance import add_retention_parser, cmd_retention, retention_line
+from starter.cli import build_parser, settings_from
+from starter.maintenance import cmd_retention, retention_line
 from starter.pipeline_loader import pipeline_json_schema
 from starter.reading import RecordUnavailable
 from tests.conftest import wait_for
@@ -582,11 +582,8 @@ def test_the_schema_shows_the_policy_and_the_older_duration_form() -> None:
 
 
 def retention_parser() -> argparse.ArgumentParser:
-    """The top-level parser as starter/cli.py builds it, with only this command."""
-    parser = argparse.ArgumentParser(prog="stageflow", parents=[_common_options(defaults=True)])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_retention_parser(sub, _common_options(defaults=False))
-    return parser
+    """The command line's own parser."""
+    return build_parser()
 
 
 async def test_retention_run_migrates_the_record_and_prints_one_line_or_json(
