@@ -269,9 +269,11 @@ async def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_read(args: argparse.Namespace, settings: Settings) -> int:
-    """The commands answered from the record alone: no Temporal connection needed."""
-    from starter import read_commands
+    """The commands answered from the record (`logs --follow` then streams live)."""
+    from starter import commands, read_commands
 
+    if args.command == "logs":
+        return await commands.logs(settings, args, _ref(args.release))
     if args.command == "history":
         return await read_commands.history(settings, args, _ref(args.release))
     if args.command == "approvals":
@@ -429,7 +431,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "redeploy": cmd_release_action,
         "cancel": cmd_release_action,
         "abandon": cmd_release_action,
-        "logs": cmd_release_action,
+        "logs": cmd_read,
         "history": cmd_read,
         "approvals": cmd_read,
         "status": cmd_read,

@@ -33,7 +33,7 @@ from starter.releases import (
     release_status,
     settled,
 )
-from worker.settings import Settings
+from worker.settings import Settings, connect
 from workflows.audit import AuditEvent
 from workflows.pipeline import parse_duration
 from workflows.release import ReleaseStatus, StageStatus
@@ -148,18 +148,21 @@ async def cancel(
     return _verdict(ref, f"cancel {args.stage}", event, args.json)
 
 
-async def logs(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
-    """Print task logs from the log store; with --follow, stream a running task live."""
+async def logs(settings: Settings, args: argparse.Namespace, ref: ReleaseRef) -> int:
+    """Print task logs from the log store; with --follow, stream a running task live.
+    Which tasks ran comes from the record (and the live view of running stages)."""
     from starter.logs import print_logs
+    from starter.read_commands import recorded_release
+    from starter.reading import with_live_view
 
-    status = await release_status(client, ref)
+    status = await recorded_release(settings, ref)
+    await with_live_view(settings, status)  # a task running now, if its stage answers
     names = [view.name for view in status.stages]
     if args.stage and args.stage not in names:
         raise StageNotFound(
             f"release {ref} has no stage {args.stage!r} (stages: {', '.join(names)})"
         )
+    client = await connect(settings) if args.follow else None
     return await print_logs(client, settings, status, args)
 
 

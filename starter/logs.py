@@ -100,7 +100,7 @@ def try_logs(store: LogStore, stem: str) -> list[TryLog]:
 
 
 async def print_logs(
-    client: Client, settings: Settings, status: ReleaseStatus, args: argparse.Namespace
+    client: Client | None, settings: Settings, status: ReleaseStatus, args: argparse.Namespace
 ) -> int:
     """Print the logs of every try of the chosen tasks; `--follow` streams a running one.
 
@@ -117,7 +117,7 @@ async def print_logs(
 
 
 async def _print_logs(
-    client: Client, settings: Settings, status: ReleaseStatus, args: argparse.Namespace
+    client: Client | None, settings: Settings, status: ReleaseStatus, args: argparse.Namespace
 ) -> int:
     store = DirectoryLogStore(settings.log_dir)
     stamps = not args.no_timestamps
@@ -126,7 +126,7 @@ async def _print_logs(
         for run in attempt.tasks:
             if not _matches(run, args.task):
                 continue
-            if run.status == TaskStatus.IN_PROGRESS and args.follow:
+            if run.status == TaskStatus.IN_PROGRESS and client is not None:
                 await _follow(client, store, stage, attempt, run, stamps)
                 printed += 1
                 continue

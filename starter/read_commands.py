@@ -21,6 +21,7 @@ from starter.reading import reading, termination, with_live_view
 from starter.releases import ReleaseNotFound, ReleaseRef
 from worker.settings import Settings
 from workflows.audit import AuditEvent
+from workflows.release import ReleaseStatus
 
 
 async def list_releases(settings: Settings, args: argparse.Namespace) -> int:
@@ -50,12 +51,18 @@ async def list_releases(settings: Settings, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+async def recorded_release(settings: Settings, ref: ReleaseRef) -> ReleaseStatus:
+    """The release from the record; ReleaseNotFound if the record does not know it."""
+    async with reading(settings) as db:
+        found = None if db is None else await record.release(db, ref.pipeline, ref.number)
+    if found is None:
+        raise ReleaseNotFound(f"release {ref} not found")
+    return found
+
+
 async def show(settings: Settings, args: argparse.Namespace) -> int:
     ref = ReleaseRef.parse(args.release)  # a ValueError is a usage error: exit 2
-    async with reading(settings) as db:
-        status = None if db is None else await record.release(db, ref.pipeline, ref.number)
-    if status is None:
-        raise ReleaseNotFound(f"release {ref} not found")
+    status = await recorded_release(settings, ref)
     unavailable = await with_live_view(settings, status)
     if args.json:
         data = render.release_json(status)

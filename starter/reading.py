@@ -51,7 +51,7 @@ async def reading(settings: Settings) -> AsyncIterator[Database | None]:
     db = open_database(url)
     try:
         yield db
-    except SQLAlchemyError as err:
+    except (SQLAlchemyError, OSError) as err:  # asyncpg raises a refused connection as is
         reason = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
         raise RecordUnavailable(
             f"cannot read the record at {safe_url(url)} ({reason}); "
