@@ -53,9 +53,14 @@ async def reading(settings: Settings) -> AsyncIterator[Database | None]:
         yield db
     except (SQLAlchemyError, OSError) as err:  # asyncpg raises a refused connection as is
         reason = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
+        missing = "no such table" in reason or "does not exist" in reason
+        hint = (
+            "`stageflow db upgrade` sets it up"
+            if missing
+            else "is the database up? STAGEFLOW_DATABASE_URL chooses it"
+        )
         raise RecordUnavailable(
-            f"cannot read the record at {safe_url(url)} ({reason}); "
-            "`stageflow db upgrade` sets it up, STAGEFLOW_DATABASE_URL chooses it"
+            f"cannot read the record at {safe_url(url)} ({reason}); {hint}"
         ) from err
     finally:
         await db.close()
