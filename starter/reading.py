@@ -31,6 +31,8 @@ from workflows.stage_workflow import StageWorkflow
 # A running stage that has not answered in this long has no worker to answer.
 LIVE_TIMEOUT = timedelta(milliseconds=300)
 CONNECT_TIMEOUT = 0.5
+# The whole live view: connect, describe the release, ask its running stages (seconds).
+LIVE_BUDGET = 0.6
 
 
 class RecordUnavailable(Unavailable):
@@ -70,9 +72,17 @@ async def with_live_view(settings: Settings, status: ReleaseStatus) -> str | Non
     """Bring a recorded release up to what Temporal says now: a release workflow ended
     from outside Stageflow (terminated, timed out) shows so, and each running stage's
     latest attempt is replaced by what its StageWorkflow says. None when that worked
-    (or nothing runs); else why the live view is unavailable (the recorded state stays)."""
+    (or nothing runs); else why the live view is unavailable (the recorded state stays).
+    All of it within LIVE_BUDGET."""
     if status.state != "active":
         return None
+    try:
+        return await asyncio.wait_for(_live_view(settings, status), LIVE_BUDGET)
+    except TimeoutError:
+        return f"Temporal did not answer within {LIVE_BUDGET:g} s"
+
+
+async def _live_view(settings: Settings, status: ReleaseStatus) -> str | None:
     ref = ReleaseRef(status.pipeline, status.number)
     try:
         client = await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT)

@@ -56,7 +56,7 @@ def control_worker(
         workflows=WORKFLOWS,
         activities=control_activities(
             notifier,
-            recorder or Recorder(settings.record_url),
+            recorder or Recorder(settings.record_url, client),
             retention or Retention(open_database(settings.record_url), settings.log_dir),
         ),
         workflow_runner=SANDBOX,
@@ -72,7 +72,7 @@ async def run_control_worker(
 
     The record's schema is migrated first; a database that is away then does not
     keep the worker from starting (the record's writes wait and retry)."""
-    recorder = Recorder(settings.record_url)
+    recorder = Recorder(settings.record_url, client)
     try:
         await recorder.database()
     except Exception as err:  # the writes retry until the database is back

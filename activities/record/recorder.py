@@ -14,20 +14,35 @@ import asyncio
 import logging
 
 from temporalio import activity
+from temporalio.client import Client
 
 from activities.record.database import Database, open_database, safe_url, upgrade
-from activities.record.writes import record_attempt, record_events, record_release, record_state
+from activities.record.writes import (
+    ReleaseNotRecorded,
+    record_attempt,
+    record_events,
+    record_release,
+    record_state,
+)
 from workflows.activity_refs import RECORD
+from workflows.names import release_workflow_id
 from workflows.record_api import RecordWrite
+from workflows.release_workflow import ReleaseWorkflow
 
 log = logging.getLogger(__name__)
 
 
 class Recorder:
-    """Writes what the workflows send to the database at `url` (an async SQLAlchemy URL)."""
+    """Writes what the workflows send to the database at `url` (an async SQLAlchemy URL).
 
-    def __init__(self, url: str) -> None:
+    With a Temporal `client`, a write for a release the record does not hold (it was
+    restored from a backup older than the release, or its first write is still on
+    its way) first records the release from its workflow's `spec` query, instead of
+    waiting for a write that may never come again."""
+
+    def __init__(self, url: str, client: Client | None = None) -> None:
         self.url = url
+        self.client = client
         self._db: Database | None = None
         self._lock = asyncio.Lock()
 
@@ -52,6 +67,21 @@ class Recorder:
         await self.apply(write)
 
     async def apply(self, write: RecordWrite) -> None:
+        try:
+            await self._apply(write)
+        except ReleaseNotRecorded:
+            if self.client is None or write.spec is not None:
+                raise
+            handle = self.client.get_workflow_handle_for(
+                ReleaseWorkflow.run, release_workflow_id(write.pipeline, write.number)
+            )
+            spec = await handle.query(ReleaseWorkflow.spec)
+            # Below any version a workflow writes: the release's own writes win.
+            await record_release(await self.database(), spec, version=0)
+            log.info("record: %s/%s recorded from its workflow", write.pipeline, write.number)
+            await self._apply(write)
+
+    async def _apply(self, write: RecordWrite) -> None:
         db = await self.database()
         if write.spec is not None:
             await record_release(db, write.spec, write.version, state=write.state or "active")
