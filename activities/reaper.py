@@ -34,6 +34,7 @@ import os
 import select
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -67,10 +68,13 @@ class MarkedProcess:
     cmdline: str
 
     def describe(self) -> str:
-        return f"pid {self.pid}: {self.cmdline}"
+        return f"pid {self.pid}: {self.cmdline or '?'}"
 
 
 HERE = str(Path(__file__).resolve())
+# A process mid-exec is looked at again this often, this many times (~0.1 s in all).
+EXEC_LOOKS = 10
+EXEC_LOOK_PAUSE = 0.01
 
 
 def marked_processes(agent_dir: str, run: str | None = None) -> list[MarkedProcess]:
@@ -96,11 +100,33 @@ def marked_processes(agent_dir: str, run: str | None = None) -> list[MarkedProce
         if run is not None and their_run != run:
             continue
         process = _describe(pid, their_run)
+        if process is not None and not process.cmdline:
+            process = _after_exec(pid, their_run, needle)
         # Not the task's: its watcher (or `start` forking it), which carries the mark
         # from fork until it execs with a clean environment.
         if process is not None and HERE not in process.cmdline:
             found.append(process)
     return found
+
+
+def _after_exec(pid: int, run: str, needle: bytes) -> MarkedProcess | None:
+    """A marked process whose command line reads empty is (almost always) in the middle
+    of an exec — the watcher becoming itself, under load — and its environment and
+    command line are those of before: look again for a moment, until it has become what
+    it execs. None if it then carries no mark (the watcher's clean environment)."""
+    process: MarkedProcess | None = None
+    for _ in range(EXEC_LOOKS):
+        time.sleep(EXEC_LOOK_PAUSE)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as file:
+                if needle not in file.read():
+                    return None
+        except OSError:
+            return None
+        process = _describe(pid, run)
+        if process is None or process.cmdline:
+            return process
+    return process
 
 
 def kill_marked(agent_dir: str, run: str | None = None) -> list[MarkedProcess]:
@@ -135,7 +161,7 @@ def _describe(pid: int, run: str) -> MarkedProcess | None:
     cmdline = " ".join(os.fsdecode(part) for part in raw.split(b"\0") if part)
     if len(cmdline) > CMDLINE_CHARS:
         cmdline = cmdline[: CMDLINE_CHARS - 1] + "…"
-    return MarkedProcess(pid=pid, pgid=int(fields[2]), run=run, cmdline=cmdline or "?")
+    return MarkedProcess(pid=pid, pgid=int(fields[2]), run=run, cmdline=cmdline)
 
 
 # --- starting a task, and watching over it ----------------------------------------------
