@@ -18,6 +18,7 @@ from activities.record.database import (
     upgrade,
     upgrade_now,
 )
+from activities.record.identity import User, add_user, authenticate, create_token, grant, roles_of
 from activities.record.meta import MetaRow, get_meta, set_meta
 from activities.record.queries import (
     deployed_on,
@@ -50,18 +51,23 @@ from activities.record.writes import (
 __all__ = [
     "Database",
     "Deployed",
+    "User",
     "MetaRow",
     "RecordedRevision",
     "ReleaseNotRecorded",
     "StageDeployments",
     "StatusMatrix",
     "Waiting",
+    "add_user",
     "async_url",
+    "authenticate",
+    "create_token",
     "current_revision",
     "default_database_url",
     "deployed_on",
     "event_id",
     "get_meta",
+    "grant",
     "history",
     "import_release",
     "open_database",
@@ -75,6 +81,7 @@ __all__ = [
     "releases",
     "releases_waiting_on",
     "revisions",
+    "roles_of",
     "safe_url",
     "set_meta",
     "status_matrix",
