@@ -76,8 +76,9 @@ class StageWorkflow:
         self._d = Deployment(input, attempt)
         self._jobs = Jobs(self._d)
         self._steps: asyncio.Task[None] | None = None
-        # What the record was last sent (the ReleaseWorkflow writes the outcome).
-        self._recorded: StageAttempt | None = None
+        # What the record last had of this deployment, as people see it: the release
+        # wrote it queued, and writes its outcome.
+        self._recorded = _as_people_see_it(attempt)
         self._record = RecordWriter(self._unrecorded, self._take_record)
         self._recorder: asyncio.Task[None] | None = None
 
@@ -129,18 +130,21 @@ class StageWorkflow:
     # --- the record -------------------------------------------------------------------
 
     def _unrecorded(self) -> bool:
-        return self._d.attempt != self._recorded
+        attempt = self._d.attempt
+        return not attempt.status.is_final and _as_people_see_it(attempt) != self._recorded
 
     def _take_record(self) -> RecordWrite:
         """The deployment as it stands now, for the record."""
         d = self._d
-        self._recorded = d.attempt.model_copy(deep=True)
+        self._recorded = _as_people_see_it(d.attempt)
         return RecordWrite(
             pipeline=d.spec.pipeline.name,
             number=d.spec.number,
             attempts=[
                 AttemptWrite(
-                    stage=d.stage.name, attempt=self._recorded, version=self._record.version()
+                    stage=d.stage.name,
+                    attempt=d.attempt.model_copy(deep=True),
+                    version=self._record.version(),
                 )
             ],
         )
@@ -260,6 +264,24 @@ class StageWorkflow:
             f"attempt {d.attempt.attempt}" + (f": {request.reason}" if request.reason else ""),
             request_id=request.request_id,
         )
+
+
+def _as_people_see_it(attempt: StageAttempt) -> tuple[Any, ...]:
+    """What of a running deployment the record is written for: its status, what it waits
+    for and until when, its approvals and decisions, its gates, its agents. A task
+    starting or ending alone is not (the live view shows it, and every write, the
+    outcome's included, carries all the tasks): one write less per task keeps the
+    record's cost on the control worker small."""
+    return (
+        attempt.status,
+        attempt.waiting_until,
+        attempt.waiting_reason,
+        attempt.message,
+        len(attempt.events),
+        len(attempt.agents),
+        [(a.phase, a.status, len(a.decisions), a.defer_until) for a in attempt.approvals],
+        [(g.phase, g.status, tuple(g.ignored)) for g in attempt.gates],
+    )
 
 
 def stage_search_attributes(
