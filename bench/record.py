@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -50,6 +51,7 @@ from workflows.release import (
 )
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def bench_pipeline(name: str = "bench") -> Pipeline:
@@ -253,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--writers", type=int, default=4, help="concurrent seeding writers")
+    parser.add_argument(
+        "--out", type=Path, help="write the figures as JSON here (default bench/results/)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="stageflow-bench-record-") as temp:
@@ -266,7 +271,22 @@ def main(argv: list[str] | None = None) -> int:
             url = args.url or default_database_url(Path(temp))
         try:
             print(f"record: {safe_url(url)}, release list default page (50 rows)", flush=True)
-            asyncio.run(run(url, sizes, args.rounds, args.writers))
+            figures = asyncio.run(run(url, sizes, args.rounds, args.writers))
+            kind = "postgresql" if args.postgres or url.startswith("postgresql") else "sqlite"
+            out = args.out or RESULTS / f"record-{kind}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(
+                json.dumps(
+                    {
+                        "database": kind,
+                        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "rounds": args.rounds,
+                        "figures": figures,
+                    },
+                    indent=1,
+                )
+            )
+            print(f"results: {out}", flush=True)
         finally:
             if cluster is not None:
                 cluster.stop()
