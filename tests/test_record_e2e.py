@@ -225,7 +225,13 @@ async def test_reads_answer_from_the_record_within_a_second_with_the_worker_stop
         started = time.perf_counter()
         subprocess_answer = await asyncio.to_thread(cli_json, stack, *args)
         subprocess_timings[label] = time.perf_counter() - started
-        assert subprocess_answer == answers[label], label
+        # Why a live view was unavailable depends on which timeout came first.
+        if isinstance(subprocess_answer, dict):
+            subprocess_answer.pop("live_unavailable", None)
+        expected = answers[label]
+        if isinstance(expected, dict):
+            expected = {k: v for k, v in expected.items() if k != "live_unavailable"}
+        assert subprocess_answer == expected, label
     print("\nwith the control worker stopped (in process / as a subprocess):")
     for label in commands:
         print(f"  {label:32} {timings[label] * 1000:6.0f} ms / {subprocess_timings[label]:.2f} s")
