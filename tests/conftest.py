@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.record import default_database_url
 from starter.polling import poll
 from starter.releases import ReleaseRef, create_release, release_status, settled
+from tests.postgres import PostgresCluster, missing_binaries, start_cluster
 from worker.devserver import free_port, start_dev_server, stop_process, wait_for_server
 from workflows.names import SEARCH_ATTRIBUTES, pool_queue
 from workflows.pipeline_workflow import CreatedRelease
@@ -238,3 +241,30 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+# --- the record's databases: one PostgreSQL cluster for the whole run ---------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster (initdb in a temp dir), shared by every test that
+    needs one; skipped with the reason where the server binaries are missing."""
+    reason = missing_binaries()
+    if reason:
+        warnings.warn(f"tests on PostgreSQL skipped: {reason}", stacklevel=1)
+        pytest.skip(reason)
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def record_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind: a SQLite file in a data dir, a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return default_database_url(tmp_path / "data")
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return await cluster.new_database()

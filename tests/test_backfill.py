@@ -8,8 +8,7 @@ database), never the one the worker writes.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from activities.record.meta import get_meta, set_meta
 from activities.record.tables import Base
 from starter.releases import ReleaseRef, release_history, release_status
 from tests.conftest import Stack, wait_for
-from tests.postgres import PostgresCluster, missing_binaries, start_cluster
+from tests.postgres import PostgresCluster
 from worker.backfill import backfill, backfill_marker
 from worker.devserver import stop_process
 from workflows.audit import AuditEvent
@@ -69,19 +68,6 @@ WAITING = """
 
 
 # --- stores: a new SQLite file, a new PostgreSQL database ------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    reason = missing_binaries()
-    if reason:
-        warnings.warn(f"backfill tests on PostgreSQL skipped: {reason}", stacklevel=1)
-        pytest.skip(reason)
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

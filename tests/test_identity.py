@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -20,7 +18,6 @@ import activities.record.identity  # noqa: F401  (its models join the record's m
 from activities.record import (
     Database,
     current_revision,
-    default_database_url,
     open_database,
     upgrade,
 )
@@ -42,34 +39,12 @@ from activities.record.identity import (
     roles_of,
 )
 from activities.record.tables import Base
-from tests.postgres import PostgresCluster, missing_binaries, start_cluster
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 EVERYTHING = {"viewer", "releaser", "admin"}
 
 
 # --- fixtures: the same tests on SQLite and PostgreSQL -------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    reason = missing_binaries()
-    if reason:
-        warnings.warn(f"identity tests on PostgreSQL skipped: {reason}", stacklevel=1)
-        pytest.skip(reason)
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def record_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return default_database_url(tmp_path / "data")
-    cluster: PostgresCluster = request.getfixturevalue("postgres")
-    return await cluster.new_database()
 
 
 @pytest.fixture

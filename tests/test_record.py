@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ from activities.record import (
 )
 from activities.record.tables import Base
 from bench.record import seed_releases
-from tests.postgres import PostgresCluster, missing_binaries, start_cluster
 from worker.settings import Settings
 from workflows.approval_policy import ApprovalState, DecisionRecord
 from workflows.audit import SYSTEM, AuditEvent
@@ -65,28 +63,6 @@ T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 # --- fixtures: the same tests on SQLite and PostgreSQL -------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    reason = missing_binaries()
-    if reason:
-        warnings.warn(f"record tests on PostgreSQL skipped: {reason}", stacklevel=1)
-        pytest.skip(reason)
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def record_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of each kind: a SQLite file in a data dir, a new PostgreSQL database."""
-    if request.param == "sqlite":
-        return default_database_url(tmp_path / "data")
-    cluster: PostgresCluster = request.getfixturevalue("postgres")
-    return await cluster.new_database()
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ import json
 import subprocess
 import sys
 import uuid
-import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from starter.maintenance import cmd_retention, retention_line
 from starter.pipeline_loader import pipeline_json_schema
 from starter.reading import RecordUnavailable
 from tests.conftest import wait_for
-from tests.postgres import PostgresCluster, missing_binaries, start_cluster
+from tests.postgres import PostgresCluster
 from worker.control import SANDBOX
 from worker.devserver import free_port
 from worker.retention_schedule import ensure_retention_schedule
@@ -81,19 +80,6 @@ TABLES = (
 
 
 # --- fixtures: the same tests on SQLite and PostgreSQL -------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    reason = missing_binaries()
-    if reason:
-        warnings.warn(f"retention tests on PostgreSQL skipped: {reason}", stacklevel=1)
-        pytest.skip(reason)
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
