@@ -121,6 +121,19 @@ class ActivityRef(Generic[I, R]):
             arg, task_queue=task_queue, summary=summary, start_to_close=start_to_close
         )
 
+    async def execute_local(self, arg: I, *, summary: str, start_to_close: timedelta) -> R:
+        """Run it as a local activity, once: in the worker that runs the workflow, with
+        no activity task and no workflow task of its own (one marker in the history).
+        The workflow task waits for it, so only what takes milliseconds goes here."""
+        return await workflow.execute_local_activity(
+            self.name,
+            arg,
+            result_type=self.result,
+            start_to_close_timeout=start_to_close,
+            retry_policy=NO_RETRY,
+            summary=summary,
+        )
+
 
 def _resolve(timeout: Timeout[I], arg: I) -> timedelta | None:
     return timeout(arg) if callable(timeout) else timeout
@@ -228,6 +241,11 @@ RECORD_RETRIES = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     non_retryable_error_types=["RecordRefused"],
 )
+# A workflow first tries a write as a local activity (workflows/recording.py), which
+# holds its workflow task: the activity gives up after this, and the try's timeout
+# is a backstop behind it.
+RECORD_LOCAL_BUDGET = timedelta(seconds=1)
+RECORD_LOCAL_TIMEOUT = RECORD_LOCAL_BUDGET + timedelta(seconds=4)
 RECORD = ActivityRef(
     "record",
     RecordWrite,

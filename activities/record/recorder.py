@@ -15,6 +15,7 @@ import logging
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
 from activities.record.database import Database, open_database, safe_url, upgrade
 from activities.record.writes import (
@@ -24,7 +25,7 @@ from activities.record.writes import (
     record_release,
     record_state,
 )
-from workflows.activity_refs import RECORD
+from workflows.activity_refs import RECORD, RECORD_LOCAL_BUDGET
 from workflows.names import release_workflow_id
 from workflows.record_api import RecordWrite
 from workflows.release_workflow import ReleaseWorkflow
@@ -63,8 +64,24 @@ class Recorder:
     @activity.defn(name=RECORD.name)
     async def record(self, write: RecordWrite) -> None:
         """Apply one write: the release (its snapshot the first time), its state, its
-        deployments, the events of its trail; each part idempotent and newer-only."""
-        await self.apply(write)
+        deployments, the events of its trail; each part idempotent and newer-only.
+
+        Run as a local activity (a workflow's first try), it gives up after
+        RECORD_LOCAL_BUDGET with a failure of its own: the workflow task it holds
+        goes on, and the workflow sends the write through the ordinary activity."""
+        if not activity.info().is_local:
+            await self.apply(write)
+            return
+        budget = RECORD_LOCAL_BUDGET.total_seconds()
+        writing = asyncio.ensure_future(self.apply(write))
+        await asyncio.wait({writing}, timeout=budget)
+        if writing.done():
+            return writing.result()
+        # Not awaited: a driver call in progress (SQLite waiting for its lock) ends in
+        # its own time, and this try must answer before its timeout.
+        writing.cancel()
+        writing.add_done_callback(lambda done: done.cancelled() or done.exception())
+        raise ApplicationError(f"the record took over {budget:g}s to write", type="RecordSlow")
 
     async def apply(self, write: RecordWrite) -> None:
         try:
