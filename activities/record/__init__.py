@@ -46,6 +46,7 @@ from activities.record.writes import (
     record_release,
     record_revision,
     record_state,
+    record_write,
 )
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "record_release",
     "record_revision",
     "record_state",
+    "record_write",
     "release",
     "release_spec",
     "releases",

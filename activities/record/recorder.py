@@ -18,13 +18,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.record.database import Database, open_database, safe_url, upgrade
-from activities.record.writes import (
-    ReleaseNotRecorded,
-    record_attempt,
-    record_events,
-    record_release,
-    record_state,
-)
+from activities.record.writes import ReleaseNotRecorded, record_release, record_write
 from workflows.activity_refs import RECORD, RECORD_LOCAL_BUDGET
 from workflows.names import release_workflow_id
 from workflows.record_api import RecordWrite
@@ -85,7 +79,7 @@ class Recorder:
 
     async def apply(self, write: RecordWrite) -> None:
         try:
-            await self._apply(write)
+            await record_write(await self.database(), write)
         except ReleaseNotRecorded:
             if self.client is None or write.spec is not None:
                 raise
@@ -96,17 +90,4 @@ class Recorder:
             # Below any version a workflow writes: the release's own writes win.
             await record_release(await self.database(), spec, version=0)
             log.info("record: %s/%s recorded from its workflow", write.pipeline, write.number)
-            await self._apply(write)
-
-    async def _apply(self, write: RecordWrite) -> None:
-        db = await self.database()
-        if write.spec is not None:
-            await record_release(db, write.spec, write.version, state=write.state or "active")
-        elif write.state is not None:
-            await record_state(db, write.pipeline, write.number, write.state, write.version)
-        for part in write.attempts:
-            await record_attempt(
-                db, write.pipeline, write.number, part.stage, part.attempt, part.version
-            )
-        if write.events:
-            await record_events(db, write.pipeline, write.number, write.events)
+            await record_write(await self.database(), write)

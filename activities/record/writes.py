@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Connection
 
 from activities.record.database import Database
 from activities.record.tables import (
@@ -49,6 +49,7 @@ from activities.record.tables import (
 )
 from workflows.audit import AuditEvent
 from workflows.pipeline import SecretRef
+from workflows.record_api import RecordWrite
 from workflows.release import (
     ReleaseSpec,
     ReleaseStatus,
@@ -106,28 +107,37 @@ async def record_revision(
     first_release: int | None = None,
 ) -> None:
     """Record one version of a pipeline's definition (the pipeline's change history)."""
-    async with db.writing.begin() as session:
-        pipeline_id = await _pipeline_id(session, pipeline)
-        table = _table(RevisionRow)
-        stmt = _insert(session, table).values(
-            pipeline_id=pipeline_id,
-            sha256=sha256,
-            author=author,
-            time=time,
-            definition=definition,
-            first_release=first_release,
+    await db.run_write(_record_revision, pipeline, sha256, author, time, definition, first_release)
+
+
+def _record_revision(
+    session: Connection,
+    pipeline: str,
+    sha256: str,
+    author: str,
+    time: datetime,
+    definition: str | None,
+    first_release: int | None,
+) -> None:
+    pipeline_id = _pipeline_id(session, pipeline)
+    table = _table(RevisionRow)
+    stmt = _insert(session, table).values(
+        pipeline_id=pipeline_id,
+        sha256=sha256,
+        author=author,
+        time=time,
+        definition=definition,
+        first_release=first_release,
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["pipeline_id", "sha256"],
+            set_={
+                "definition": func.coalesce(table.c.definition, stmt.excluded.definition),
+                "first_release": func.coalesce(table.c.first_release, stmt.excluded.first_release),
+            },
         )
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["pipeline_id", "sha256"],
-                set_={
-                    "definition": func.coalesce(table.c.definition, stmt.excluded.definition),
-                    "first_release": func.coalesce(
-                        table.c.first_release, stmt.excluded.first_release
-                    ),
-                },
-            )
-        )
+    )
 
 
 async def record_release(
@@ -139,89 +149,109 @@ async def record_release(
     recorded); the snapshot never changes once written. The revision it was made
     from is recorded too (without the definition's text; see record_revision).
     """
-    async with db.writing.begin() as session:
-        pipeline_id = await _pipeline_id(session, spec.pipeline.name)
-        revisions = _table(RevisionRow)
-        await session.execute(
-            _insert(session, revisions)
-            .values(
-                pipeline_id=pipeline_id,
-                sha256=spec.revision,
-                author=spec.created_by,
-                time=spec.created_at,
-                first_release=spec.number,
-            )
-            .on_conflict_do_nothing(index_elements=["pipeline_id", "sha256"])
-        )
-        table = _table(ReleaseRow)
-        stmt = _insert(session, table).values(
+    return await db.run_write(_record_release, spec, version, state)
+
+
+def _record_release(session: Connection, spec: ReleaseSpec, version: int, state: str) -> bool:
+    release_id, _, changed = _write_release(session, spec, version, state)
+    if changed:
+        _refresh_release_status(session, release_id)
+    return changed
+
+
+def _write_release(
+    session: Connection, spec: ReleaseSpec, version: int, state: str
+) -> tuple[int, int, bool]:
+    """record_release in `session`: the release's and its pipeline's ids, and whether
+    it changed (its status is not refreshed)."""
+    pipeline_id = _pipeline_id(session, spec.pipeline.name)
+    revisions = _table(RevisionRow)
+    session.execute(
+        _insert(session, revisions)
+        .values(
             pipeline_id=pipeline_id,
-            number=spec.number,
-            name=spec.name,
-            revision=spec.revision,
-            state=state,
-            status=state if state != "active" else "not_deployed",
-            created_by=spec.created_by,
-            created_at=spec.created_at,
-            description=spec.description,
-            until=spec.until,
-            artifacts=[a.model_dump(mode="json") for a in spec.artifacts],
-            variables=recorded_variables(spec),
-            snapshot=spec.model_dump(mode="json"),
-            version=version,
+            sha256=spec.revision,
+            author=spec.created_by,
+            time=spec.created_at,
+            first_release=spec.number,
         )
-        changed = (
-            await session.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["pipeline_id", "number"],
-                    set_={"state": stmt.excluded.state, "version": stmt.excluded.version},
-                    where=table.c.version < stmt.excluded.version,
-                ).returning(table.c.id)
-            )
-        ).scalar_one_or_none()
-        release_id = (
-            changed if changed is not None else await _release_id(session, pipeline_id, spec.number)
+        .on_conflict_do_nothing(index_elements=["pipeline_id", "sha256"])
+    )
+    table = _table(ReleaseRow)
+    stmt = _insert(session, table).values(
+        pipeline_id=pipeline_id,
+        number=spec.number,
+        name=spec.name,
+        revision=spec.revision,
+        state=state,
+        status=state if state != "active" else "not_deployed",
+        created_by=spec.created_by,
+        created_at=spec.created_at,
+        description=spec.description,
+        until=spec.until,
+        artifacts=[a.model_dump(mode="json") for a in spec.artifacts],
+        variables=recorded_variables(spec),
+        snapshot=spec.model_dump(mode="json"),
+        version=version,
+    )
+    changed = (
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["pipeline_id", "number"],
+                set_={"state": stmt.excluded.state, "version": stmt.excluded.version},
+                where=table.c.version < stmt.excluded.version,
+            ).returning(table.c.id)
         )
-        stages = [
-            {
-                "release_id": release_id,
-                "position": position,
-                "name": stage.name,
-                "trigger": stage.trigger_text,
-                "status": StageStatus.NOT_DEPLOYED.value,
-                "attempt": 0,
-                "version": 0,
-            }
-            for position, stage in enumerate(spec.pipeline.stages)
-        ]
-        await session.execute(
-            _insert(session, _table(ReleaseStageRow)).on_conflict_do_nothing(
-                index_elements=["release_id", "name"]
-            ),
-            stages,
-        )
-        if changed is not None:
-            await _refresh_release_status(session, release_id)
-        return changed is not None
+    ).scalar_one_or_none()
+    release_id = changed if changed is not None else _release_id(session, pipeline_id, spec.number)
+    stages = [
+        {
+            "release_id": release_id,
+            "position": position,
+            "name": stage.name,
+            "trigger": stage.trigger_text,
+            "status": StageStatus.NOT_DEPLOYED.value,
+            "attempt": 0,
+            "version": 0,
+        }
+        for position, stage in enumerate(spec.pipeline.stages)
+    ]
+    session.execute(
+        _insert(session, _table(ReleaseStageRow)).on_conflict_do_nothing(
+            index_elements=["release_id", "name"]
+        ),
+        stages,
+    )
+    return release_id, pipeline_id, changed is not None
 
 
 async def record_state(db: Database, pipeline: str, number: int, state: str, version: int) -> bool:
     """Record the release's state (active, abandoned, closed) if `version` is newer than
     the one recorded. True when applied. Raises ReleaseNotRecorded for an unknown release."""
-    async with db.writing.begin() as session:
-        release_id, _ = await _lock_release(session, pipeline, number)
-        releases = _table(ReleaseRow)
-        applied = (
-            await session.execute(
-                update(releases)
-                .where(releases.c.id == release_id, releases.c.version < version)
-                .values(state=state, version=version)
-                .returning(releases.c.id)
-            )
-        ).scalar_one_or_none()
-        if applied is not None:
-            await _refresh_release_status(session, release_id)
-        return applied is not None
+    return await db.run_write(_record_state, pipeline, number, state, version)
+
+
+def _record_state(
+    session: Connection, pipeline: str, number: int, state: str, version: int
+) -> bool:
+    release_id, _ = _lock_release(session, pipeline, number)
+    applied = _write_state(session, release_id, state, version)
+    if applied:
+        _refresh_release_status(session, release_id)
+    return applied
+
+
+def _write_state(session: Connection, release_id: int, state: str, version: int) -> bool:
+    releases = _table(ReleaseRow)
+    applied = (
+        session.execute(
+            update(releases)
+            .where(releases.c.id == release_id, releases.c.version < version)
+            .values(state=state, version=version)
+            .returning(releases.c.id)
+        )
+    ).scalar_one_or_none()
+    return applied is not None
 
 
 async def record_attempt(
@@ -233,66 +263,86 @@ async def record_attempt(
     True when this write was newer than the one recorded (and so applied).
     Raises ReleaseNotRecorded when the release has not been recorded yet.
     """
-    async with db.writing.begin() as session:
-        release_id, pipeline_id = await _lock_release(session, pipeline, number)
-        table = _table(DeploymentRow)
-        stmt = _insert(session, table).values(
-            release_id=release_id,
-            pipeline_id=pipeline_id,
-            stage=stage,
-            attempt=attempt.attempt,
-            workflow_id=attempt.workflow_id,
-            status=attempt.status.value,
-            reason=attempt.reason,
-            triggered_by=attempt.triggered_by,
-            started_at=attempt.started_at,
-            ended_at=attempt.ended_at,
-            agent=attempt.agents[-1].agent if attempt.agents else None,
-            message=attempt.message,
-            waiting_until=attempt.waiting_until,
-            waiting_reason=attempt.waiting_reason,
-            version=version,
+    return await db.run_write(_record_attempt, pipeline, number, stage, attempt, version)
+
+
+def _record_attempt(
+    session: Connection, pipeline: str, number: int, stage: str, attempt: StageAttempt, version: int
+) -> bool:
+    release_id, pipeline_id = _lock_release(session, pipeline, number)
+    applied = _write_attempt(session, release_id, pipeline_id, stage, attempt, version)
+    if applied:
+        _refresh_release_status(session, release_id)
+    return applied
+
+
+def _write_attempt(
+    session: Connection,
+    release_id: int,
+    pipeline_id: int,
+    stage: str,
+    attempt: StageAttempt,
+    version: int,
+) -> bool:
+    """record_attempt in `session` (the release's status is not refreshed)."""
+    table = _table(DeploymentRow)
+    stmt = _insert(session, table).values(
+        release_id=release_id,
+        pipeline_id=pipeline_id,
+        stage=stage,
+        attempt=attempt.attempt,
+        workflow_id=attempt.workflow_id,
+        status=attempt.status.value,
+        reason=attempt.reason,
+        triggered_by=attempt.triggered_by,
+        started_at=attempt.started_at,
+        ended_at=attempt.ended_at,
+        agent=attempt.agents[-1].agent if attempt.agents else None,
+        message=attempt.message,
+        waiting_until=attempt.waiting_until,
+        waiting_reason=attempt.waiting_reason,
+        version=version,
+    )
+    applied = (
+        session.execute(
+            _newer(stmt, table, ["release_id", "stage", "attempt"]).returning(table.c.id)
         )
-        applied = (
-            await session.execute(
-                _newer(stmt, table, ["release_id", "stage", "attempt"]).returning(table.c.id)
+    ).scalar_one_or_none()
+    if applied is not None:
+        deployment_id = applied
+        _record_parts(session, deployment_id, attempt, version)
+        stages = _table(ReleaseStageRow)
+        session.execute(
+            update(stages)
+            .where(
+                stages.c.release_id == release_id,
+                stages.c.name == stage,
+                or_(
+                    stages.c.attempt < attempt.attempt,
+                    and_(stages.c.attempt == attempt.attempt, stages.c.version < version),
+                ),
             )
-        ).scalar_one_or_none()
-        if applied is not None:
-            deployment_id = applied
-            await _record_parts(session, deployment_id, attempt, version)
-            stages = _table(ReleaseStageRow)
-            await session.execute(
-                update(stages)
-                .where(
-                    stages.c.release_id == release_id,
-                    stages.c.name == stage,
-                    or_(
-                        stages.c.attempt < attempt.attempt,
-                        and_(stages.c.attempt == attempt.attempt, stages.c.version < version),
-                    ),
+            .values(status=attempt.status.value, attempt=attempt.attempt, version=version)
+        )
+    elif attempt.events:
+        deployment_id = (
+            session.execute(
+                select(table.c.id).where(
+                    table.c.release_id == release_id,
+                    table.c.stage == stage,
+                    table.c.attempt == attempt.attempt,
                 )
-                .values(status=attempt.status.value, attempt=attempt.attempt, version=version)
             )
-            await _refresh_release_status(session, release_id)
-        else:
-            deployment_id = (
-                await session.execute(
-                    select(table.c.id).where(
-                        table.c.release_id == release_id,
-                        table.c.stage == stage,
-                        table.c.attempt == attempt.attempt,
-                    )
-                )
-            ).scalar_one()
-        await _insert_events(
+        ).scalar_one()
+    if attempt.events:
+        _insert_events(
             session,
             release_id,
             deployment_id,
             attempt_scope(stage, attempt.attempt),
             attempt.events,
         )
-        return applied is not None
+    return applied is not None
 
 
 async def record_events(
@@ -302,9 +352,44 @@ async def record_events(
 
     Raises ReleaseNotRecorded when the release has not been recorded yet.
     """
-    async with db.writing.begin() as session:
-        release_id, _ = await _lock_release(session, pipeline, number)
-        await _insert_events(session, release_id, None, RELEASE_TRAIL, events)
+    await db.run_write(_record_events, pipeline, number, events)
+
+
+def _record_events(
+    session: Connection, pipeline: str, number: int, events: Sequence[AuditEvent]
+) -> None:
+    release_id, _ = _lock_release(session, pipeline, number)
+    _insert_events(session, release_id, None, RELEASE_TRAIL, events)
+
+
+async def record_write(db: Database, write: RecordWrite) -> None:
+    """Record one write of a workflow (the record activity's), in one transaction: the
+    release (its snapshot the first time), its state, its deployments, its trail,
+    each part newer-only as in the functions above; the release's status once.
+
+    Raises ReleaseNotRecorded when the write has no snapshot and the release has not
+    been recorded yet (nothing of the write is then applied)."""
+    await db.run_write(_record_write, write)
+
+
+def _record_write(session: Connection, write: RecordWrite) -> None:
+    if write.spec is not None:
+        release_id, pipeline_id, changed = _write_release(
+            session, write.spec, write.version, write.state or "active"
+        )
+    else:
+        release_id, pipeline_id = _lock_release(session, write.pipeline, write.number)
+        changed = write.state is not None and _write_state(
+            session, release_id, write.state, write.version
+        )
+    for part in write.attempts:
+        applied = _write_attempt(
+            session, release_id, pipeline_id, part.stage, part.attempt, part.version
+        )
+        changed = changed or applied
+    _insert_events(session, release_id, None, RELEASE_TRAIL, write.events)
+    if changed:
+        _refresh_release_status(session, release_id)
 
 
 async def import_release(
@@ -340,13 +425,13 @@ def recorded_variables(spec: ReleaseSpec) -> dict[str, Any]:
 # --- the parts of a deployment ---------------------------------------------------
 
 
-async def _record_parts(
-    session: AsyncSession, deployment_id: int, attempt: StageAttempt, version: int
+def _record_parts(
+    session: Connection, deployment_id: int, attempt: StageAttempt, version: int
 ) -> None:
     """The deployment's rows as `attempt` shows them; each row newer-only, and rows the
     attempt no longer has (a shorter list, a phase gone) removed."""
     sessions = _table(AgentSessionRow)
-    await _upsert_many(
+    _upsert_many(
         session,
         sessions,
         ["deployment_id", "position"],
@@ -366,10 +451,10 @@ async def _record_parts(
             for position, lease in enumerate(attempt.agents)
         ],
     )
-    await _remove_beyond(session, sessions, deployment_id, len(attempt.agents), version)
+    _remove_beyond(session, sessions, deployment_id, len(attempt.agents), version)
 
     tasks = _table(TaskRunRow)
-    await _upsert_many(
+    _upsert_many(
         session,
         tasks,
         ["deployment_id", "position"],
@@ -393,13 +478,13 @@ async def _record_parts(
             for position, run in enumerate(attempt.tasks)
         ],
     )
-    await _remove_beyond(session, tasks, deployment_id, len(attempt.tasks), version)
+    _remove_beyond(session, tasks, deployment_id, len(attempt.tasks), version)
     if any(run.logs for run in attempt.tasks):
-        found = await session.execute(
+        found = session.execute(
             select(tasks.c.position, tasks.c.id).where(tasks.c.deployment_id == deployment_id)
         )
         ids = {position: task_run_id for position, task_run_id in found}
-        await _upsert_many(
+        _upsert_many(
             session,
             _table(TaskTryRow),
             ["task_run_id", "number"],
@@ -425,13 +510,13 @@ async def _record_parts(
             version=version,
         )
         approval_id = (
-            await session.execute(
+            session.execute(
                 _newer(stmt, approvals, ["deployment_id", "phase"]).returning(approvals.c.id)
             )
         ).scalar_one_or_none()
         if approval_id is None:
             continue
-        await _upsert_many(
+        _upsert_many(
             session,
             decisions,
             ["approval_id", "position"],
@@ -452,7 +537,7 @@ async def _record_parts(
                 for position, decision in enumerate(approval.decisions)
             ],
         )
-    await session.execute(
+    session.execute(
         delete(approvals).where(
             approvals.c.deployment_id == deployment_id,
             approvals.c.phase.not_in([a.phase for a in attempt.approvals]),
@@ -461,7 +546,7 @@ async def _record_parts(
     )
 
     gates = _table(GateRow)
-    await _upsert_many(
+    _upsert_many(
         session,
         gates,
         ["deployment_id", "phase"],
@@ -481,7 +566,7 @@ async def _record_parts(
             for gate in attempt.gates
         ],
     )
-    await session.execute(
+    session.execute(
         delete(gates).where(
             gates.c.deployment_id == deployment_id,
             gates.c.phase.not_in([g.phase for g in attempt.gates]),
@@ -490,8 +575,8 @@ async def _record_parts(
     )
 
 
-async def _insert_events(
-    session: AsyncSession,
+def _insert_events(
+    session: Connection,
     release_id: int,
     deployment_id: int | None,
     scope: str,
@@ -514,7 +599,7 @@ async def _insert_events(
         }
         for event in events
     ]
-    await session.execute(
+    session.execute(
         _insert(session, _table(AuditEventRow)).on_conflict_do_nothing(
             index_elements=["release_id", "event_id"]
         ),
@@ -531,9 +616,9 @@ def _table(row: type[Any]) -> Table:
     return table
 
 
-def _insert(session: AsyncSession, table: Table) -> Any:
+def _insert(session: Connection, table: Table) -> Any:
     """INSERT with the dialect's ON CONFLICT (PostgreSQL and SQLite spell it alike)."""
-    if session.get_bind().dialect.name == "postgresql":
+    if session.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 
@@ -547,17 +632,17 @@ def _newer(stmt: Any, table: Table, key: list[str]) -> Any:
     )
 
 
-async def _upsert_many(
-    session: AsyncSession, table: Table, key: list[str], rows: list[dict[str, Any]]
+def _upsert_many(
+    session: Connection, table: Table, key: list[str], rows: list[dict[str, Any]]
 ) -> None:
     if rows:
-        await session.execute(_newer(_insert(session, table), table, key), rows)
+        session.execute(_newer(_insert(session, table), table, key), rows)
 
 
-async def _remove_beyond(
-    session: AsyncSession, table: Table, deployment_id: int, count: int, version: int
+def _remove_beyond(
+    session: Connection, table: Table, deployment_id: int, count: int, version: int
 ) -> None:
-    await session.execute(
+    session.execute(
         delete(table).where(
             table.c.deployment_id == deployment_id,
             table.c.position >= count,
@@ -566,22 +651,20 @@ async def _remove_beyond(
     )
 
 
-async def _pipeline_id(session: AsyncSession, name: str) -> int:
+def _pipeline_id(session: Connection, name: str) -> int:
     pipelines = _table(PipelineRow)
-    await session.execute(
+    session.execute(
         _insert(session, pipelines)
         .values(name=name)
         .on_conflict_do_nothing(index_elements=["name"])
     )
-    return (
-        await session.execute(select(pipelines.c.id).where(pipelines.c.name == name))
-    ).scalar_one()
+    return (session.execute(select(pipelines.c.id).where(pipelines.c.name == name))).scalar_one()
 
 
-async def _release_id(session: AsyncSession, pipeline_id: int, number: int) -> int:
+def _release_id(session: Connection, pipeline_id: int, number: int) -> int:
     releases = _table(ReleaseRow)
     return (
-        await session.execute(
+        session.execute(
             select(releases.c.id).where(
                 releases.c.pipeline_id == pipeline_id, releases.c.number == number
             )
@@ -589,13 +672,13 @@ async def _release_id(session: AsyncSession, pipeline_id: int, number: int) -> i
     ).scalar_one()
 
 
-async def _lock_release(session: AsyncSession, pipeline: str, number: int) -> tuple[int, int]:
+def _lock_release(session: Connection, pipeline: str, number: int) -> tuple[int, int]:
     """The release's id and its pipeline's, the release's row locked until the transaction
     ends (PostgreSQL; SQLite's writer holds the database), so one release's writes
     apply one after another."""
     releases, pipelines = _table(ReleaseRow), _table(PipelineRow)
     found = (
-        await session.execute(
+        session.execute(
             select(releases.c.id, releases.c.pipeline_id)
             .join(pipelines, pipelines.c.id == releases.c.pipeline_id)
             .where(pipelines.c.name == pipeline, releases.c.number == number)
@@ -607,23 +690,23 @@ async def _lock_release(session: AsyncSession, pipeline: str, number: int) -> tu
     return found[0], found[1]
 
 
-async def _refresh_release_status(session: AsyncSession, release_id: int) -> None:
+def _refresh_release_status(session: Connection, release_id: int) -> None:
     """The release's one-word status from its state and its stages' latest attempts."""
     releases, stages = _table(ReleaseRow), _table(ReleaseStageRow)
     state = (
-        await session.execute(select(releases.c.state).where(releases.c.id == release_id))
+        session.execute(select(releases.c.state).where(releases.c.id == release_id))
     ).scalar_one()
     views = [
         StageView(name=name, status=StageStatus(status))
         for name, status in (
-            await session.execute(
+            session.execute(
                 select(stages.c.name, stages.c.status)
                 .where(stages.c.release_id == release_id)
                 .order_by(stages.c.position)
             )
         )
     ]
-    await session.execute(
+    session.execute(
         update(releases)
         .where(releases.c.id == release_id)
         .values(status=release_status_of(views, state))
