@@ -288,27 +288,38 @@ async def release_history(client: Client, ref: ReleaseRef) -> list[AuditEvent]:
 
 
 async def deploy_stage(
-    client: Client, ref: ReleaseRef, stage: str, user: str, *, redeploy: bool = False
+    client: Client,
+    ref: ReleaseRef,
+    stage: str,
+    user: str,
+    *,
+    redeploy: bool = False,
+    request_id: str | None = None,
 ) -> AuditEvent:
-    """Deploy (or redeploy) a stage of a release; returns the release's verdict."""
+    """Deploy (or redeploy) a stage of a release; returns the release's verdict.
+
+    Every action takes a `request_id`: the same request sent again (a client that
+    lost the answer) is answered with the first one's verdict, never done twice."""
     status = await release_status(client, ref, live=False)
     _stage_of(status, ref, stage)
-    request = DeployRequest(stage=stage, by=user, request_id=uuid.uuid4().hex)
+    request = DeployRequest(stage=stage, by=user, request_id=request_id or uuid.uuid4().hex)
     method = ReleaseWorkflow.redeploy if redeploy else ReleaseWorkflow.deploy
     return await _release_update(client, status, method, request)
 
 
 async def abandon_release(
-    client: Client, ref: ReleaseRef, user: str, reason: str = ""
+    client: Client, ref: ReleaseRef, user: str, reason: str = "", request_id: str | None = None
 ) -> AuditEvent:
     status = await release_status(client, ref, live=False)
-    request = AbandonRequest(by=user, reason=reason, request_id=uuid.uuid4().hex)
+    request = AbandonRequest(by=user, reason=reason, request_id=request_id or uuid.uuid4().hex)
     return await _release_update(client, status, ReleaseWorkflow.abandon, request)
 
 
-async def cancel_stage(client: Client, ref: ReleaseRef, stage: str, user: str) -> AuditEvent:
+async def cancel_stage(
+    client: Client, ref: ReleaseRef, stage: str, user: str, request_id: str | None = None
+) -> AuditEvent:
     """Cancel the running deployment of a stage; returns the deployment's verdict."""
-    request = CancelRequest(by=user, request_id=uuid.uuid4().hex)
+    request = CancelRequest(by=user, request_id=request_id or uuid.uuid4().hex)
     return await _act_on_stage(client, ref, stage, "cancel", StageWorkflow.cancel, request)
 
 
@@ -412,6 +423,7 @@ async def decide(
     phase: str = "pre",
     comment: str = "",
     defer_until: datetime | None = None,
+    request_id: str | None = None,
 ) -> AuditEvent:
     """approve / reject / resume a deployment of a stage; returns the recorded verdict."""
     decision = Decision(
@@ -419,7 +431,7 @@ async def decide(
         phase=phase,  # type: ignore[arg-type]
         comment=comment,
         defer_until=defer_until,
-        request_id=uuid.uuid4().hex,
+        request_id=request_id or uuid.uuid4().hex,
     )
     methods = {
         "approve": StageWorkflow.approve,
@@ -429,15 +441,25 @@ async def decide(
     return await _act_on_stage(client, ref, stage, action, methods[action], decision)
 
 
-async def deploy_now(client: Client, ref: ReleaseRef, stage: str, user: str) -> AuditEvent:
-    request = DeployNow(by=user, request_id=uuid.uuid4().hex)
+async def deploy_now(
+    client: Client, ref: ReleaseRef, stage: str, user: str, request_id: str | None = None
+) -> AuditEvent:
+    request = DeployNow(by=user, request_id=request_id or uuid.uuid4().hex)
     return await _act_on_stage(client, ref, stage, "deploy_now", StageWorkflow.deploy_now, request)
 
 
 async def ignore_gate(
-    client: Client, ref: ReleaseRef, stage: str, user: str, check: str, phase: str = "pre"
+    client: Client,
+    ref: ReleaseRef,
+    stage: str,
+    user: str,
+    check: str,
+    phase: str = "pre",
+    request_id: str | None = None,
 ) -> AuditEvent:
-    request = GateIgnore(check=check, by=user, phase=phase, request_id=uuid.uuid4().hex)
+    request = GateIgnore(
+        check=check, by=user, phase=phase, request_id=request_id or uuid.uuid4().hex
+    )
     return await _act_on_stage(
         client, ref, stage, "ignore_gate", StageWorkflow.ignore_gate, request
     )

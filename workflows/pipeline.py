@@ -725,12 +725,17 @@ class Stage(Model):
 
     def people_lists(self) -> list[list[str]]:
         """Every list of approvers or recipients in this stage, for checks."""
+        lists = self.approver_lists()
+        if self.notify:
+            lists.append(self.notify.to)
+        return lists
+
+    def approver_lists(self) -> list[list[str]]:
+        """The approver entries of this stage: its approvals', then its interventions'."""
         lists = []
         for conditions in (self.pre_deployment, self.post_deployment):
             if conditions and conditions.approvals:
                 lists.append(conditions.approvals.approvers)
-        if self.notify:
-            lists.append(self.notify.to)
         for _, tasks in self._tasks_by_job():
             for task in tasks:
                 if task.manual_intervention:

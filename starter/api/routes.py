@@ -1,0 +1,459 @@
+"""The routes of /api/v1: what the CLI does, over HTTP.
+
+Reads answer from the record; actions are sent to the workflows as the
+authenticated person, and answer with the workflow's verdict: 200 and the
+audit event when it was accepted, 409 with the event when the workflow refused
+it. Each action takes an optional `request_id`: sent again with the same id
+(a client that lost the answer), it is answered with the first verdict and
+never done twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from activities import record
+from activities.record import Waiting
+from activities.record.views import RecordedRevision, StatusMatrix
+from starter import releases as actions
+from starter.api.access import Access, is_approver_anywhere
+from starter.api.app import AccessDep, PrincipalDep, Service, ServiceDep
+from starter.api.problems import Problem, not_found
+from starter.pipeline_loader import InvalidPipeline, load_pipeline
+from starter.reading import with_live_view
+from starter.releases import ReleaseClosed, ReleaseNotFound, ReleaseRef, StageNotFound
+from workflows.audit import AuditEvent
+from workflows.pipeline import Stage
+from workflows.release import ReleaseSpec, ReleaseStatus
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f]+$")]
+RequestId = Annotated[
+    str | None,
+    Field(
+        None,
+        min_length=8,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the same id sent again is answered with the first verdict",
+    ),
+]
+
+
+class Me(BaseModel):
+    user: str
+    groups: list[str]
+    via: str
+    is_admin: bool
+
+
+class ReleaseView(ReleaseStatus):
+    """A release as recorded, with what its running stages say now when they answer."""
+
+    live: bool = False
+    live_unavailable: str | None = None
+
+
+class Page(BaseModel):
+    releases: list[ReleaseStatus]
+    page: int
+    limit: int
+
+
+class Verdict(BaseModel):
+    """The workflow's answer to an action: its audit event."""
+
+    event: AuditEvent
+
+
+class Action(BaseModel):
+    request_id: RequestId = None
+
+
+class AbandonBody(Action):
+    reason: str = Field("", max_length=2000)
+
+
+class ApproveBody(Action):
+    phase: Literal["pre", "post"] = "pre"
+    comment: str = Field("", max_length=2000)
+    defer_until: datetime | None = None
+
+
+class RejectBody(Action):
+    phase: Literal["pre", "post"] = "pre"
+    comment: str = Field(min_length=1, max_length=2000, description="why")
+
+
+class ResumeBody(Action):
+    comment: str = Field("", max_length=2000)
+
+
+class IgnoreGateBody(Action):
+    check: Name
+    phase: Literal["pre", "post"] = "pre"
+
+
+class CreateBody(Action):
+    file: str = Field(
+        min_length=1, max_length=4096, description="the pipeline YAML, a path on the server"
+    )
+    artifacts: dict[Name, Annotated[str, Field(max_length=200)]] = {}
+    variables: dict[Name, Annotated[str, Field(max_length=10_000)]] = {}
+    until: Name | None = None
+    description: str = Field("", max_length=2000)
+
+
+class Created(BaseModel):
+    pipeline: str
+    number: int
+    name: str
+    reference: str
+
+
+class ValidateBody(BaseModel):
+    file: str = Field(min_length=1, max_length=4096, description="a path on the server")
+
+
+class Validated(BaseModel):
+    valid: bool
+    name: str | None = None
+    revision: str | None = None
+    stages: list[str] = []
+    problems: list[str] = []
+
+
+def add_routes(api: APIRouter) -> None:
+    """Every route of the API, on `api` (mounted at /api/v1)."""
+
+    @api.get("/me", tags=["people"], summary="who the credentials are")
+    async def me(who: PrincipalDep) -> Me:
+        return Me(user=who.user, groups=list(who.groups), via=who.via, is_admin=who.is_admin)
+
+    # --- pipelines ---------------------------------------------------------------
+
+    @api.post("/pipelines/validate", tags=["pipelines"], summary="check a pipeline file")
+    async def validate(body: ValidateBody, _who: PrincipalDep) -> Validated:
+        try:
+            pipeline, revision = load_pipeline(_server_file(body.file))
+        except InvalidPipeline as err:
+            return Validated(valid=False, problems=[str(p) for p in err.problems])
+        return Validated(
+            valid=True, name=pipeline.name, revision=revision, stages=pipeline.stage_names
+        )
+
+    @api.get(
+        "/pipelines/{pipeline}/revisions", tags=["pipelines"], summary="its definition's history"
+    )
+    async def revisions(pipeline: str, svc: ServiceDep, can: AccessDep) -> list[RecordedRevision]:
+        await can.view(pipeline)
+        return await record.revisions(svc.db, pipeline)
+
+    @api.get(
+        "/pipelines/{pipeline}/status",
+        tags=["pipelines"],
+        summary="what is deployed on each stage, and the newest releases",
+    )
+    async def status(
+        pipeline: str,
+        svc: ServiceDep,
+        can: AccessDep,
+        releases: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> StatusMatrix:
+        await can.view(pipeline)
+        return await record.status_matrix(svc.db, pipeline, releases)
+
+    # --- releases ----------------------------------------------------------------
+
+    @api.get("/releases", tags=["releases"], summary="releases, newest first, paged")
+    async def list_releases(
+        svc: ServiceDep,
+        can: AccessDep,
+        pipeline: Annotated[str | None, Query(max_length=200)] = None,
+        status: Annotated[str | None, Query(max_length=40)] = None,
+        stage_status: Annotated[str | None, Query(max_length=40)] = None,
+        created_by: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    ) -> Page:
+        if pipeline is not None:
+            await can.view(pipeline)
+        found = await record.releases(
+            svc.db,
+            pipeline=pipeline,
+            status=status,
+            stage_status=stage_status,
+            created_by=created_by,
+            limit=limit,
+            offset=(page - 1) * limit,
+        )
+        shown = [r for r in found if await _may_see(can, svc, r)]
+        return Page(releases=shown, page=page, limit=limit)
+
+    @api.post("/releases", tags=["releases"], summary="create a release of a pipeline")
+    async def create(body: CreateBody, svc: ServiceDep, can: AccessDep) -> Created:
+        path = _server_file(body.file)
+        try:
+            pipeline, _ = load_pipeline(path)
+        except InvalidPipeline as err:
+            raise Problem(
+                422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)
+            ) from None
+        await can.release(pipeline)
+        try:
+            created = await actions.create_release(
+                await svc.client(),
+                path,
+                user=can.principal.user,
+                artifact_versions=body.artifacts,
+                variables=body.variables,
+                until=body.until,
+                description=body.description,
+                task_queue=svc.settings.task_queue,
+            )
+        except (StageNotFound, ValueError) as err:
+            raise Problem(422, "Invalid release", str(err)) from None
+        return Created(
+            pipeline=pipeline.name,
+            number=created.number,
+            name=created.name,
+            reference=f"{pipeline.name}/{created.number}",
+        )
+
+    @api.get("/releases/{pipeline}/{number}", tags=["releases"], summary="one release")
+    async def show(pipeline: str, number: int, svc: ServiceDep, can: AccessDep) -> ReleaseView:
+        await _spec(svc, can, pipeline, number)
+        status = await record.release(svc.db, pipeline, number)
+        if status is None:
+            raise not_found(f"release {pipeline}/{number} not found")
+        unavailable = await with_live_view(svc.settings, status)
+        return ReleaseView(
+            **status.model_dump(), live=unavailable is None, live_unavailable=unavailable
+        )
+
+    @api.get("/releases/{pipeline}/{number}/history", tags=["releases"], summary="its audit trail")
+    async def history(
+        pipeline: str, number: int, svc: ServiceDep, can: AccessDep
+    ) -> list[AuditEvent]:
+        await _spec(svc, can, pipeline, number)
+        return await record.history(svc.db, pipeline, number) or []
+
+    @api.get("/approvals", tags=["approvals"], summary="everything waiting on a person")
+    async def approvals(svc: ServiceDep, can: AccessDep, mine: bool = False) -> list[Waiting]:
+        waiting = await record.releases_waiting_on(svc.db, can.principal.user if mine else None)
+        if mine:
+            return waiting
+        return [w for w in waiting if await can.may_view(w.pipeline)]
+
+    # --- actions -----------------------------------------------------------------
+
+    @api.post("/releases/{pipeline}/{number}/abandon", tags=["actions"])
+    async def abandon(
+        pipeline: str, number: int, body: AbandonBody, svc: ServiceDep, can: AccessDep
+    ) -> Verdict:
+        await _spec(svc, can, pipeline, number)
+        await can.release(pipeline)
+        ref = ReleaseRef(pipeline, number)
+        return await _verdict(
+            actions.abandon_release(
+                await svc.client(), ref, can.principal.user, body.reason, body.request_id
+            )
+        )
+
+    for name, redeploy in (("deploy", False), ("redeploy", True)):
+        _add_deploy(api, name, redeploy)
+
+    @api.post("/releases/{pipeline}/{number}/stages/{stage}/cancel", tags=["actions"])
+    async def cancel(
+        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+    ) -> Verdict:
+        await _stage(svc, can, pipeline, number, stage)
+        await can.release(pipeline, stage)
+        ref = ReleaseRef(pipeline, number)
+        return await _verdict(
+            actions.cancel_stage(
+                await svc.client(), ref, stage, can.principal.user, body.request_id
+            )
+        )
+
+    @api.post("/releases/{pipeline}/{number}/stages/{stage}/approve", tags=["decisions"])
+    async def approve(
+        pipeline: str, number: int, stage: str, body: ApproveBody, svc: ServiceDep, can: AccessDep
+    ) -> Verdict:
+        await _decider(svc, can, pipeline, number, stage)
+        return await _verdict(
+            actions.decide(
+                await svc.client(),
+                ReleaseRef(pipeline, number),
+                stage,
+                can.principal.user,
+                "approve",
+                phase=body.phase,
+                comment=body.comment,
+                defer_until=body.defer_until,
+                request_id=body.request_id,
+            )
+        )
+
+    @api.post("/releases/{pipeline}/{number}/stages/{stage}/reject", tags=["decisions"])
+    async def reject(
+        pipeline: str, number: int, stage: str, body: RejectBody, svc: ServiceDep, can: AccessDep
+    ) -> Verdict:
+        await _decider(svc, can, pipeline, number, stage)
+        return await _verdict(
+            actions.decide(
+                await svc.client(),
+                ReleaseRef(pipeline, number),
+                stage,
+                can.principal.user,
+                "reject",
+                phase=body.phase,
+                comment=body.comment,
+                request_id=body.request_id,
+            )
+        )
+
+    @api.post("/releases/{pipeline}/{number}/stages/{stage}/resume", tags=["decisions"])
+    async def resume(
+        pipeline: str, number: int, stage: str, body: ResumeBody, svc: ServiceDep, can: AccessDep
+    ) -> Verdict:
+        await _decider(svc, can, pipeline, number, stage)
+        return await _verdict(
+            actions.decide(
+                await svc.client(),
+                ReleaseRef(pipeline, number),
+                stage,
+                can.principal.user,
+                "resume",
+                comment=body.comment,
+                request_id=body.request_id,
+            )
+        )
+
+    @api.post("/releases/{pipeline}/{number}/stages/{stage}/deploy-now", tags=["decisions"])
+    async def deploy_now(
+        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+    ) -> Verdict:
+        await _decider(svc, can, pipeline, number, stage)
+        return await _verdict(
+            actions.deploy_now(
+                await svc.client(),
+                ReleaseRef(pipeline, number),
+                stage,
+                can.principal.user,
+                body.request_id,
+            )
+        )
+
+    @api.post("/releases/{pipeline}/{number}/stages/{stage}/ignore-gate", tags=["decisions"])
+    async def ignore_gate(
+        pipeline: str,
+        number: int,
+        stage: str,
+        body: IgnoreGateBody,
+        svc: ServiceDep,
+        can: AccessDep,
+    ) -> Verdict:
+        await _decider(svc, can, pipeline, number, stage)
+        return await _verdict(
+            actions.ignore_gate(
+                await svc.client(),
+                ReleaseRef(pipeline, number),
+                stage,
+                can.principal.user,
+                body.check,
+                body.phase,
+                body.request_id,
+            )
+        )
+
+
+def _add_deploy(api: APIRouter, name: str, redeploy: bool) -> None:
+    @api.post(
+        f"/releases/{{pipeline}}/{{number}}/stages/{{stage}}/{name}",
+        tags=["actions"],
+        name=name,
+        summary=f"{name} a stage of a release",
+    )
+    async def deploy(
+        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+    ) -> Verdict:
+        await _stage(svc, can, pipeline, number, stage)
+        await can.release(pipeline, stage)
+        return await _verdict(
+            actions.deploy_stage(
+                await svc.client(),
+                ReleaseRef(pipeline, number),
+                stage,
+                can.principal.user,
+                redeploy=redeploy,
+                request_id=body.request_id,
+            )
+        )
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _server_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_absolute():
+        raise Problem(422, "Invalid request", f"body.file: {text!r} must be an absolute path")
+    if not path.is_file():
+        raise Problem(422, "Invalid request", f"body.file: {text}: no such file on the server")
+    return path
+
+
+async def _may_see(can: Access, svc: Service, status: ReleaseStatus) -> bool:
+    if await can.may_view(status.pipeline):
+        return True
+    spec = await record.release_spec(svc.db, status.pipeline, status.number)
+    return spec is not None and is_approver_anywhere(can.principal, spec)
+
+
+async def _spec(svc: Service, can: Access, pipeline: str, number: int) -> ReleaseSpec:
+    """The release's snapshot, once the person may view it (a 404 says nothing to someone
+    who may not see the pipeline at all: they get the 403 first)."""
+    spec = await record.release_spec(svc.db, pipeline, number)
+    if spec is None:
+        await can.view(pipeline)
+        raise not_found(f"release {pipeline}/{number} not found")
+    await can.view(pipeline, spec)
+    return spec
+
+
+async def _stage(
+    svc: Service, can: Access, pipeline: str, number: int, stage: str
+) -> tuple[ReleaseSpec, Stage]:
+    spec = await _spec(svc, can, pipeline, number)
+    try:
+        return spec, spec.pipeline.stage(stage)
+    except KeyError:
+        names = ", ".join(spec.pipeline.stage_names)
+        raise not_found(
+            f"release {pipeline}/{number} has no stage {stage!r} (stages: {names})"
+        ) from None
+
+
+async def _decider(svc: Service, can: Access, pipeline: str, number: int, stage: str) -> None:
+    spec, found = await _stage(svc, can, pipeline, number, stage)
+    can.decide(spec, found)
+
+
+async def _verdict(sent: Any) -> Verdict:
+    """The workflow's answer: 200 when it accepted, 409 with its reason when it refused."""
+    try:
+        event: AuditEvent = await sent
+    except (ReleaseNotFound, StageNotFound) as err:
+        raise not_found(str(err)) from None
+    except ReleaseClosed as err:
+        raise Problem(409, "Release closed", str(err)) from None
+    if event.outcome != "accepted":
+        raise Problem(
+            409, "Refused", event.detail or event.outcome, refused=event.model_dump(mode="json")
+        )
+    return Verdict(event=event)
