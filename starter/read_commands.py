@@ -14,13 +14,12 @@ from rich.text import Text
 
 from activities import record
 from activities.record import Waiting
-from activities.record.views import Deployed, StatusMatrix
+from activities.record.views import Deployed, StatusMatrix, TrailEvent
 from starter import render
 from starter.exit_codes import Exit
 from starter.reading import reading, termination, with_live_view
 from starter.releases import ReleaseNotFound, ReleaseRef
 from worker.settings import Settings
-from workflows.audit import AuditEvent
 from workflows.release import ReleaseStatus
 
 
@@ -81,12 +80,12 @@ async def show(settings: Settings, args: argparse.Namespace) -> int:
 
 async def history(settings: Settings, args: argparse.Namespace, ref: ReleaseRef) -> int:
     async with reading(settings) as db:
-        events = None if db is None else await record.history(db, ref.pipeline, ref.number)
+        events = None if db is None else await record.trail(db, ref.pipeline, ref.number)
     if events is None:
         raise ReleaseNotFound(f"release {ref} not found")
     terminated = await termination(settings, ref) if _maybe_running(events) else None
     if terminated is not None:
-        events.append(terminated)
+        events.append(TrailEvent(**terminated.model_dump()))
     if args.json:
         print(json.dumps([event.model_dump(mode="json") for event in events]))
     else:
@@ -94,7 +93,7 @@ async def history(settings: Settings, args: argparse.Namespace, ref: ReleaseRef)
     return Exit.OK
 
 
-def _maybe_running(events: list[AuditEvent]) -> bool:
+def _maybe_running(events: list[TrailEvent]) -> bool:
     """A release whose trail has no end (abandon, close) may still run in Temporal."""
     return not any(e.action in ("abandon", "close") and e.outcome == "accepted" for e in events)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -138,14 +139,16 @@ def tasks_table(status: ReleaseStatus) -> Table:
     return table
 
 
-def history_table(events: list[AuditEvent]) -> Table:
+def history_table(events: Sequence[AuditEvent]) -> Table:
     table = Table(show_edge=False, header_style="bold")
     for column in ("time (UTC)", "who", "action", "stage", "outcome", "detail"):
         table.add_column(column)
     for event in events:
+        # How the person signed in, for a request that came through the API.
+        via = getattr(event, "via", None)
         table.add_row(
             when(event.time),
-            event.actor,
+            f"{event.actor} ({via})" if via else event.actor,
             event.action,
             event.stage or "",
             Text(event.outcome, style="green" if event.outcome == "accepted" else "red"),

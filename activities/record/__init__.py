@@ -29,7 +29,9 @@ from activities.record.queries import (
     releases_waiting_on,
     revisions,
     status_matrix,
+    trail,
 )
+from activities.record.requests import ApiRequestRow, record_request, request_answered
 from activities.record.views import (
     Deployed,
     RecordedRevision,
@@ -50,6 +52,9 @@ from activities.record.writes import (
 )
 
 __all__ = [
+    "ApiRequestRow",
+    "record_request",
+    "request_answered",
     "Database",
     "Deployed",
     "User",
@@ -83,6 +88,7 @@ __all__ = [
     "releases",
     "releases_waiting_on",
     "revisions",
+    "trail",
     "roles_of",
     "safe_url",
     "set_meta",

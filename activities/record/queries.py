@@ -15,6 +15,7 @@ from sqlalchemy import Select, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.record.database import Database
+from activities.record.requests import ApiRequestRow, forbidden_event
 from activities.record.tables import (
     AgentSessionRow,
     ApprovalRow,
@@ -34,6 +35,7 @@ from activities.record.views import (
     RecordedRevision,
     StageDeployments,
     StatusMatrix,
+    TrailEvent,
     Waiting,
 )
 from activities.record.waiting import waits_of
@@ -130,13 +132,44 @@ async def history(db: Database, pipeline: str, number: int) -> list[AuditEvent] 
         row = await _release_row(session, pipeline, number)
         if row is None:
             return None
-        events = await _all(
+        return [_event(event) for event in await _events(session, row.id)]
+
+
+async def trail(db: Database, pipeline: str, number: int) -> list[TrailEvent] | None:
+    """`history` as people read it: each event whose request came through the API says
+    how its person signed in, and each request the API refused (403) is a refused
+    event of its own (activities/record/requests.py)."""
+    async with db.reading() as session:
+        row = await _release_row(session, pipeline, number)
+        if row is None:
+            return None
+        events = await _events(session, row.id)
+        requests = await _all(
             session,
-            select(AuditEventRow)
-            .where(AuditEventRow.release_id == row.id)
-            .order_by(AuditEventRow.time, AuditEventRow.id),
+            select(ApiRequestRow)
+            .where(ApiRequestRow.release_id == row.id)
+            .order_by(ApiRequestRow.time, ApiRequestRow.id),
         )
-        return [_event(event) for event in events]
+    via = {r.request_id: r.via for r in requests if r.request_id and r.outcome != "forbidden"}
+    found = [
+        TrailEvent(**_event(event).model_dump(), via=via.get(event.request_id or ""))
+        for event in events
+    ]
+    found += [
+        TrailEvent(**forbidden_event(r).model_dump(), via=r.via)
+        for r in requests
+        if r.outcome == "forbidden"
+    ]
+    return sorted(found, key=lambda event: event.time)
+
+
+async def _events(session: AsyncSession, release_id: int) -> Sequence[AuditEventRow]:
+    return await _all(
+        session,
+        select(AuditEventRow)
+        .where(AuditEventRow.release_id == release_id)
+        .order_by(AuditEventRow.time, AuditEventRow.id),
+    )
 
 
 async def releases_waiting_on(db: Database, user: str | None = None) -> list[Waiting]:

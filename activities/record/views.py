@@ -7,6 +7,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from workflows.audit import AuditEvent
 from workflows.pipeline import Model
 from workflows.release import ReleaseStatus, StageAttempt, StageStatus
 
@@ -73,3 +74,10 @@ class RecordedRevision(Model):
     time: datetime
     first_release: int | None = None
     definition: str | None = None
+
+
+class TrailEvent(AuditEvent):
+    """A line of a release's audit trail, with how its person signed in when the request
+    came through the API (`token <id>`, `oidc <issuer>`)."""
+
+    via: str | None = None

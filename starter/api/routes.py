@@ -10,16 +10,19 @@ never done twice.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
+from temporalio.client import Client
 
 from activities import record
-from activities.record import Waiting
-from activities.record.views import RecordedRevision, StatusMatrix
+from activities.record import Waiting, record_request, request_answered
+from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
 from starter import releases as actions
 from starter.api.access import Access, is_approver_anywhere
 from starter.api.app import AccessDep, PrincipalDep, Service, ServiceDep
@@ -238,9 +241,9 @@ def add_routes(api: APIRouter) -> None:
     @api.get("/releases/{pipeline}/{number}/history", tags=["releases"], summary="its audit trail")
     async def history(
         pipeline: str, number: int, svc: ServiceDep, can: AccessDep
-    ) -> list[AuditEvent]:
+    ) -> list[TrailEvent]:
         await _spec(svc, can, pipeline, number)
-        return await record.history(svc.db, pipeline, number) or []
+        return await record.trail(svc.db, pipeline, number) or []
 
     @api.get("/approvals", tags=["approvals"], summary="everything waiting on a person")
     async def approvals(svc: ServiceDep, can: AccessDep, mine: bool = False) -> list[Waiting]:
@@ -255,13 +258,17 @@ def add_routes(api: APIRouter) -> None:
     async def abandon(
         pipeline: str, number: int, body: AbandonBody, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        await _spec(svc, can, pipeline, number)
-        await can.release(pipeline)
-        ref = ReleaseRef(pipeline, number)
-        return await _verdict(
-            actions.abandon_release(
-                await svc.client(), ref, can.principal.user, body.reason, body.request_id
+        async def check() -> None:
+            await _spec(svc, can, pipeline, number)
+            await can.release(pipeline)
+
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await actions.abandon_release(
+                client, ref, can.principal.user, body.reason, request_id
             )
+
+        return await _act(
+            svc, can, ReleaseRef(pipeline, number), None, "abandon", body, check, send
         )
 
     for name, redeploy in (("deploy", False), ("redeploy", True)):
@@ -271,83 +278,79 @@ def add_routes(api: APIRouter) -> None:
     async def cancel(
         pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        await _stage(svc, can, pipeline, number, stage)
-        await can.release(pipeline, stage)
-        ref = ReleaseRef(pipeline, number)
-        return await _verdict(
-            actions.cancel_stage(
-                await svc.client(), ref, stage, can.principal.user, body.request_id
-            )
+        async def check() -> None:
+            await _stage(svc, can, pipeline, number, stage)
+            await can.release(pipeline, stage)
+
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await actions.cancel_stage(client, ref, stage, can.principal.user, request_id)
+
+        return await _act(
+            svc, can, ReleaseRef(pipeline, number), stage, "cancel", body, check, send
         )
 
     @api.post("/releases/{pipeline}/{number}/stages/{stage}/approve", tags=["decisions"])
     async def approve(
         pipeline: str, number: int, stage: str, body: ApproveBody, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        await _decider(svc, can, pipeline, number, stage)
-        return await _verdict(
-            actions.decide(
-                await svc.client(),
-                ReleaseRef(pipeline, number),
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await actions.decide(
+                client,
+                ref,
                 stage,
                 can.principal.user,
                 "approve",
                 phase=body.phase,
                 comment=body.comment,
                 defer_until=body.defer_until,
-                request_id=body.request_id,
+                request_id=request_id,
             )
-        )
+
+        return await _decision(svc, can, pipeline, number, stage, "approve", body, send)
 
     @api.post("/releases/{pipeline}/{number}/stages/{stage}/reject", tags=["decisions"])
     async def reject(
         pipeline: str, number: int, stage: str, body: RejectBody, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        await _decider(svc, can, pipeline, number, stage)
-        return await _verdict(
-            actions.decide(
-                await svc.client(),
-                ReleaseRef(pipeline, number),
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await actions.decide(
+                client,
+                ref,
                 stage,
                 can.principal.user,
                 "reject",
                 phase=body.phase,
                 comment=body.comment,
-                request_id=body.request_id,
+                request_id=request_id,
             )
-        )
+
+        return await _decision(svc, can, pipeline, number, stage, "reject", body, send)
 
     @api.post("/releases/{pipeline}/{number}/stages/{stage}/resume", tags=["decisions"])
     async def resume(
         pipeline: str, number: int, stage: str, body: ResumeBody, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        await _decider(svc, can, pipeline, number, stage)
-        return await _verdict(
-            actions.decide(
-                await svc.client(),
-                ReleaseRef(pipeline, number),
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await actions.decide(
+                client,
+                ref,
                 stage,
                 can.principal.user,
                 "resume",
                 comment=body.comment,
-                request_id=body.request_id,
+                request_id=request_id,
             )
-        )
+
+        return await _decision(svc, can, pipeline, number, stage, "resume", body, send)
 
     @api.post("/releases/{pipeline}/{number}/stages/{stage}/deploy-now", tags=["decisions"])
     async def deploy_now(
         pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        await _decider(svc, can, pipeline, number, stage)
-        return await _verdict(
-            actions.deploy_now(
-                await svc.client(),
-                ReleaseRef(pipeline, number),
-                stage,
-                can.principal.user,
-                body.request_id,
-            )
-        )
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await actions.deploy_now(client, ref, stage, can.principal.user, request_id)
+
+        return await _decision(svc, can, pipeline, number, stage, "deploy_now", body, send)
 
     @api.post("/releases/{pipeline}/{number}/stages/{stage}/ignore-gate", tags=["decisions"])
     async def ignore_gate(
@@ -358,18 +361,12 @@ def add_routes(api: APIRouter) -> None:
         svc: ServiceDep,
         can: AccessDep,
     ) -> Verdict:
-        await _decider(svc, can, pipeline, number, stage)
-        return await _verdict(
-            actions.ignore_gate(
-                await svc.client(),
-                ReleaseRef(pipeline, number),
-                stage,
-                can.principal.user,
-                body.check,
-                body.phase,
-                body.request_id,
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await actions.ignore_gate(
+                client, ref, stage, can.principal.user, body.check, body.phase, request_id
             )
-        )
+
+        return await _decision(svc, can, pipeline, number, stage, "ignore_gate", body, send)
 
 
 def _add_deploy(api: APIRouter, name: str, redeploy: bool) -> None:
@@ -382,18 +379,81 @@ def _add_deploy(api: APIRouter, name: str, redeploy: bool) -> None:
     async def deploy(
         pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        await _stage(svc, can, pipeline, number, stage)
-        await can.release(pipeline, stage)
-        return await _verdict(
-            actions.deploy_stage(
-                await svc.client(),
-                ReleaseRef(pipeline, number),
-                stage,
-                can.principal.user,
-                redeploy=redeploy,
-                request_id=body.request_id,
+        async def check() -> None:
+            await _stage(svc, can, pipeline, number, stage)
+            await can.release(pipeline, stage)
+
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await actions.deploy_stage(
+                client, ref, stage, can.principal.user, redeploy=redeploy, request_id=request_id
             )
-        )
+
+        return await _act(svc, can, ReleaseRef(pipeline, number), stage, name, body, check, send)
+
+
+Send = Callable[[Client, ReleaseRef, str], Awaitable[AuditEvent]]
+
+
+async def _decision(
+    svc: Service,
+    can: Access,
+    pipeline: str,
+    number: int,
+    stage: str,
+    action: str,
+    body: Action,
+    send: Send,
+) -> Verdict:
+    async def check() -> None:
+        spec, found = await _stage(svc, can, pipeline, number, stage)
+        can.decide(spec, found)
+
+    return await _act(svc, can, ReleaseRef(pipeline, number), stage, action, body, check, send)
+
+
+async def _act(
+    svc: Service,
+    can: Access,
+    ref: ReleaseRef,
+    stage: str | None,
+    action: str,
+    body: Action,
+    check: Callable[[], Awaitable[None]],
+    send: Send,
+) -> Verdict:
+    """One person's action: checked, kept in the API's trail (activities/record/requests.py)
+    with how they signed in, sent to the workflow, and answered with its verdict."""
+    who = can.principal
+    kept: dict[str, Any] = {
+        "pipeline": ref.pipeline,
+        "number": ref.number,
+        "stage": stage,
+        "actor": who.user,
+        "via": who.via,
+        "action": action,
+    }
+    try:
+        await check()
+    except Problem as problem:
+        if problem.status == 403:
+            await record_request(
+                svc.db,
+                **kept,
+                request_id=body.request_id,
+                outcome="forbidden",
+                detail=problem.detail,
+            )
+        raise
+    request_id = body.request_id or uuid.uuid4().hex
+    row = await record_request(svc.db, **kept, request_id=request_id, outcome="sent")
+    try:
+        verdict = await _verdict(send(await svc.client(), ref, request_id))
+    except Problem as problem:
+        outcome = "refused" if problem.status == 409 else "failed"
+        await request_answered(svc.db, row, outcome, problem.detail)
+        raise
+    await request_answered(svc.db, row, "accepted", verdict.event.detail)
+    return verdict
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -437,11 +497,6 @@ async def _stage(
         raise not_found(
             f"release {pipeline}/{number} has no stage {stage!r} (stages: {names})"
         ) from None
-
-
-async def _decider(svc: Service, can: Access, pipeline: str, number: int, stage: str) -> None:
-    spec, found = await _stage(svc, can, pipeline, number, stage)
-    can.decide(spec, found)
 
 
 async def _verdict(sent: Any) -> Verdict:
