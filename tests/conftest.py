@@ -35,6 +35,7 @@ from workflows.release import ReleaseStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+CREDENTIAL_ENV = ("XDG_CONFIG_HOME", "STAGEFLOW_URL", "STAGEFLOW_TOKEN")
 
 
 async def wait_for(
@@ -45,6 +46,27 @@ async def wait_for(
     if not last:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
     return last
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No test reads or writes the credentials of whoever runs the tests: the CLI's
+    config home (XDG_CONFIG_HOME, inherited by every process a test starts) is a temp
+    dir, and STAGEFLOW_URL / STAGEFLOW_TOKEN are unset. `stageflow up` on a new data
+    dir writes credentials there."""
+    home = tmp_path_factory.mktemp("config-home")
+    saved = {name: os.environ.get(name) for name in CREDENTIAL_ENV}
+    os.environ["XDG_CONFIG_HOME"] = str(home)
+    for name in CREDENTIAL_ENV[1:]:
+        os.environ.pop(name, None)
+    try:
+        yield home
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
