@@ -1,7 +1,9 @@
 """`stageflow up` and `stageflow server`: the local stack in the foreground.
 
 `server` runs the Temporal dev server alone; `up` runs it with a control worker
-and one agent in this process. When something stops:
+and one agent in this process, and whatever more parts its caller hands it
+(`Part`: the command line adds the HTTP API this way, so worker/ never names
+starter/). When something stops:
 
 - Ctrl-C or SIGTERM: everything stops, exit 0; a second one stops what is still
   stopping (an agent handing back its job) at once.
@@ -9,7 +11,7 @@ and one agent in this process. When something stops:
   command ends with exit 2, the server's exit code and the end of its log. It is
   not restarted: a server that dies has a cause to look at (the database, the
   disk, memory), and one restarted under running deployments would hide it.
-- the control worker or the agent crashes: it is restarted, saying so on
+- the control worker, the agent or a part crashes: it is restarted, saying so on
   stderr, at most `RESTARTS` times in a row (a run that lasted `STABLE_SECONDS`
   forgives the crashes before it); one crash more ends `up` with exit 2.
 - `up` or `server` is killed -9: the kernel sends the server SIGTERM (devserver.py).
@@ -23,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,18 @@ class RestartBudget:
         return True
 
 
+@dataclass(frozen=True)
+class Part:
+    """One more thing `up` runs beside the control worker and the agent, given by the
+    caller. `run(settings, stop)` runs until `stop` is set (settings with the stack's
+    Temporal address) and is restarted like the others when it crashes; `banner`
+    lines go in the banner, after the Web UI's."""
+
+    name: str
+    run: Callable[[Settings, asyncio.Event], Awaitable[None]]
+    banner: tuple[str, ...] = ()
+
+
 class Signals:
     """SIGINT and SIGTERM: the first sets `stop`; the next cancels the `impatient` tasks."""
 
@@ -114,11 +128,14 @@ async def run_server(settings: Settings, port: int, *, headless: bool) -> int:
         stop_process(server)
 
 
-async def run_stack(settings: Settings, port: int, *, headless: bool, pool: str) -> int:
-    """Start everything, print where to look and what to try, stop it all on Ctrl-C.
+async def run_stack(
+    settings: Settings, port: int, *, headless: bool, pool: str, parts: Sequence[Part] = ()
+) -> int:
+    """Start everything (the server, the worker, the agent and `parts`), print where to
+    look and what to try, stop it all on Ctrl-C.
 
     Raises ServerFailed when the server cannot start or dies, StackFailed when the
-    worker or the agent keeps crashing.
+    worker, the agent or a part keeps crashing.
     """
     settings = settings.with_flags(address=f"127.0.0.1:{port}")
     signals = Signals()
@@ -131,7 +148,7 @@ async def run_stack(settings: Settings, port: int, *, headless: bool, pool: str)
         client = await connect(settings, identity="stageflow up")
         web_ui = None if headless else f"http://127.0.0.1:{port + 1000}"
         options = AgentOptions.build(settings, pool, "local-agent", 1, None)
-        parts = [
+        running = [
             asyncio.create_task(
                 keep_running(
                     "the control worker",
@@ -142,18 +159,24 @@ async def run_stack(settings: Settings, port: int, *, headless: bool, pool: str)
             asyncio.create_task(
                 keep_running("the agent", lambda: run_agent(client, settings, options, stop), stop)
             ),
+            *(
+                asyncio.create_task(keep_running(part.name, _bound(part, settings, stop), stop))
+                for part in parts
+            ),
         ]
-        signals.impatient = parts
-        _print_banner(settings, port, headless, log_file)
+        signals.impatient = running
+        _print_banner(
+            settings, port, headless, log_file, [line for p in parts for line in p.banner]
+        )
         server_ended = asyncio.create_task(process_exit(server))
         stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({server_ended, stopped, *parts}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({server_ended, stopped, *running}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()  # whatever ended first, the rest stops now
         if server.poll() is not None:
-            await _settle(parts, STOP_SECONDS)
+            await _settle(running, STOP_SECONDS)
             raise ServerFailed(exit_reason(server, log_file))
-        gave_up = [p for p in parts if p.done() and not p.cancelled() and p.exception()]
-        await _settle(parts, STOP_SECONDS if gave_up else None)
+        gave_up = [p for p in running if p.done() and not p.cancelled() and p.exception()]
+        await _settle(running, STOP_SECONDS if gave_up else None)
         error = next((part.exception() for part in gave_up), None)
         if error is not None:
             raise error
@@ -227,16 +250,24 @@ async def _settle(tasks: list[asyncio.Task[None]], timeout: float | None) -> Non
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _bound(part: Part, settings: Settings, stop: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    return lambda: part.run(settings, stop)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else "(no message)"
 
 
-def _print_banner(settings: Settings, port: int, headless: bool, log_file: Path) -> None:
+def _print_banner(
+    settings: Settings, port: int, headless: bool, log_file: Path, more: list[str]
+) -> None:
     print(f"Stageflow is up: Temporal at {settings.address}, data in {settings.data_dir}")
     print(settings.mail_destination())
     if not headless:
         print(f"Web UI:  http://127.0.0.1:{port + 1000}")
+    for line in more:
+        print(line)
     print(
         f"Server log: {log_file}\n"
         "Try:\n"
@@ -244,6 +275,6 @@ def _print_banner(settings: Settings, port: int, headless: bool, log_file: Path)
         "  stageflow release create examples/webapp/pipeline.yml --wait\n"
         "  stageflow release list\n"
         "  stageflow release show webapp/1\n"
-        "Ctrl-C stops the server, the worker and the agent.",
+        "Ctrl-C stops them all.",
         flush=True,
     )
