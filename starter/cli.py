@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import signal
@@ -177,12 +178,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long running tasks may finish before their jobs go to "
         "another agent (30s, 10m, 1h)",
     )
-    up = command("up", "run the local stack: server, control worker and one agent")
+    up = command("up", "run the local stack: server, control worker, one agent and the API")
     up.add_argument(
         "--port", type=int, default=7233, help="gRPC port; the Web UI is on port + 1000"
     )
     up.add_argument("--headless", action="store_true", help="no Web UI")
     up.add_argument("--pool", default="linux", help="the pool of the agent it starts")
+    up.add_argument(
+        "--api-port",
+        type=int,
+        default=8080,
+        help="the HTTP API's port on 127.0.0.1 (default 8080; 0: any free one)",
+    )
+    serve = command("serve", "run the HTTP API (migrates the record first)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    user = command("user", "people of the record (run where the data dir or its database is)")
+    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    user_add = user_sub.add_parser(
+        "add",
+        help="add a person and print a first token for them (the last line)",
+        parents=[common],
+    )
+    user_add.add_argument("name")
+    user_add.add_argument("--email")
+    user_add.add_argument("--admin", action="store_true", help="admin on every pipeline")
     codec = command(
         "codec-server", "decrypt payloads for the Temporal Web UI (needs STAGEFLOW_CODEC_KEY)"
     )
@@ -374,13 +394,72 @@ async def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    """The local stack, with the API as one more part of it (starter/serve.py api_part
+    says why in this process). The API's port is bound first: taken, nothing starts.
+    On a record with nobody in it, the OS user becomes its admin, with credentials
+    saved for the API (starter/credentials.py); the token is not printed."""
+    from starter.credentials import CredentialsUnreadable
+    from starter.people import bootstrap_admin
+    from starter.serve import DEFAULT_HOST, api_part, bind_api
     from worker.up import StackFailed, run_stack
 
+    listener = bind_api(DEFAULT_HOST, args.api_port, flag="--api-port")
+    owner = _os_user()
+
+    async def first_admin(stack: Settings) -> None:
+        try:
+            made = await bootstrap_admin(stack, owner, listener.url)
+        except (CredentialsUnreadable, OSError) as err:  # the API runs all the same
+            print(
+                f"up: no credentials saved for {listener.url} ({err}); "
+                "`stageflow user add NAME --admin` makes a person and a token",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        if made is not None:
+            user, path = made
+            print(
+                f"up: a new record: {user.name} is its admin; "
+                f"credentials for {listener.url} saved in {path}",
+                flush=True,
+            )
+
     try:
-        return await run_stack(settings, args.port, headless=args.headless, pool=args.pool)
+        return await run_stack(
+            settings,
+            args.port,
+            headless=args.headless,
+            pool=args.pool,
+            parts=[api_part(listener, on_ready=first_admin)],
+        )
     except StackFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return Exit.USAGE
+    finally:
+        listener.close()
+
+
+async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from starter.serve import run_api
+
+    return await run_api(settings, args.host, args.port)
+
+
+async def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
+    """`user add`: the person and their first token; the token alone on the last line."""
+    from starter.people import add_person
+
+    made = await add_person(settings, args.name, email=args.email, admin=args.admin)
+    token = made.token.get_secret_value()
+    if args.json:
+        print(json.dumps({"user": made.user.model_dump(mode="json"), "token": token}))
+        return Exit.OK
+    what = ", ".join(filter(None, [made.user.email, "admin" if made.user.is_admin else ""]))
+    print(f"created user {made.user.name}" + (f" ({what})" if what else ""))
+    print(f"a token for {made.user.name} (id {made.token_id}, no expiry), shown only this once:")
+    print(token)
+    return Exit.OK
 
 
 # --- plumbing ----------------------------------------------------------------------------
@@ -402,6 +481,13 @@ async def _client(settings: Settings, identity: str | None = None) -> Client:
             "Start the local stack with `stageflow up` (or `stageflow server`), "
             "or point TEMPORAL_ADDRESS / --address at your cluster."
         ) from err
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return "admin"
 
 
 def _short(err: BaseException) -> str:
@@ -444,6 +530,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "worker": cmd_worker,
         "agent": cmd_agent,
         "up": cmd_up,
+        "serve": cmd_serve,
+        "user": cmd_user,
     }
     return asyncio.run(runner[command](args, settings))
 
