@@ -352,6 +352,9 @@ async def _act_on_stage(
         pass
     status = await release_status(client, ref, live=False)
     view = _stage_of(status, ref, stage)
+    answered = _answer_in(view.attempts, request.request_id)
+    if answered is not None:
+        return answered  # the same request again, after its deployment ended
     latest = view.latest
     if latest is not None and latest.attempt > 1 and not latest.status.is_final:
         handle = client.get_workflow_handle_for(StageWorkflow.run, latest.workflow_id)
@@ -368,6 +371,16 @@ async def _act_on_stage(
             f"release {ref} is {_ended(status)} and stage {stage!r} is {state}: "
             f"nothing to {action.replace('_', ' ')}"
         ) from None
+
+
+def _answer_in(attempts: list[StageAttempt], request_id: str | None) -> AuditEvent | None:
+    """The answer a deployment gave to this request, if it did (a request is answered
+    once: sent again, it gets the same event)."""
+    for attempt in attempts:
+        for event in attempt.events:
+            if request_id and event.request_id == request_id:
+                return event
+    return None
 
 
 async def _update(handle: WorkflowHandle[Any, Any], method: Any, arg: Any) -> AuditEvent:
