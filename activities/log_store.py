@@ -47,26 +47,31 @@ def index_path(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + INDEX_SUFFIX)
 
 
-def read_log(path: Path, timestamps: bool = True, task_over: bool = False) -> Iterator[str]:
+def read_log(
+    path: Path, timestamps: bool = True, task_over: bool = False, offset: int = 0
+) -> Iterator[str]:
     """The lines of a log (without newline), each prefixed with the UTC time of the
-    chunk holding its first byte (`2026-11-22T02:11:20.123Z `) if `timestamps`.
+    chunk holding its first byte (`2026-11-22T02:11:20.123Z `) if `timestamps`;
+    from byte `offset` on (a line start, for a reader that has the lines before it).
 
     Streams the log and its index; a line longer than 1 MiB comes out in pieces.
     Lines the index does not cover (no index file) have no prefix. With
     `task_over` (the task is no longer running), a log without an end note gets
-    `CUT_SHORT_LINE` as its last line, so a reader can tell it is not complete.
+    `CUT_SHORT_LINE` as its last line, so a reader can tell it is not complete (from
+    an `offset` at the end there are no lines, and no note either).
     """
-    last = ""
-    for stamp, line in _stamped_lines(path, timestamps):
+    last = None
+    for stamp, line in _stamped_lines(path, timestamps, offset):
         last = line
         yield stamp + line
-    if task_over and not last.startswith(END_NOTE):
+    if task_over and not (last or "").startswith(END_NOTE) and (last is not None or not offset):
         yield CUT_SHORT_LINE
 
 
-def _stamped_lines(path: Path, timestamps: bool) -> Iterator[tuple[str, str]]:
-    """(timestamp prefix or "", line) for each line of a log."""
+def _stamped_lines(path: Path, timestamps: bool, start: int = 0) -> Iterator[tuple[str, str]]:
+    """(timestamp prefix or "", line) for each line of a log from byte `start` on."""
     with open(path, "rb") as log:
+        log.seek(start)
         if not timestamps:
             while line := log.readline(MAX_LINE_BYTES):
                 yield "", _decode_line(line)
@@ -74,7 +79,7 @@ def _stamped_lines(path: Path, timestamps: bool) -> Iterator[tuple[str, str]]:
         entries = _read_index(index_path(path))
         next_entry = next(entries, None)
         stamp = ""
-        offset = 0
+        offset = start
         while line := log.readline(MAX_LINE_BYTES):
             if next_entry is not None and next_entry[0] <= offset:
                 ms = next_entry[1]

@@ -1,7 +1,15 @@
 """The `stageflow` command line: parse, call one function, render.
 
+User commands (release, deploy, approve, logs, history, status, login, token, access
+…) are an HTTP client of the API (starter/client.py), as the person whose token
+the credentials hold (`stageflow login`, or STAGEFLOW_URL / STAGEFLOW_TOKEN): they
+never load the Temporal SDK. Process commands (up, server, worker, agent, serve,
+codec-server, db, retention, user add) run Stageflow itself, on Temporal and the
+record, and import what they need when they run.
+
 Exit codes: 0 fine, 1 a deployment failed (or was rejected or canceled), 2 bad
-input (invalid pipeline, unknown release or stage, refused request) or no server.
+input (invalid pipeline, unknown release or stage, refused request), not signed
+in, or no server.
 """
 
 from __future__ import annotations
@@ -14,23 +22,16 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import NoReturn
-
-from temporalio.client import Client
-from temporalio.service import RPCError
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from starter.exit_codes import Exit, Unavailable
-from starter.pipeline_loader import InvalidPipeline, load_pipeline, pipeline_json_schema
-from starter.releases import (
-    ReleaseClosed,
-    ReleaseNotFound,
-    ReleaseRef,
-    StageNotFound,
-)
-from worker.devserver import ServerFailed
-from worker.settings import Settings, connect
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from starter.client import Api
+    from worker.settings import Settings
 
 
 class UserError(ValueError):
@@ -49,18 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     # Options may come before or after the command; below it they must not reset
     # what was given above it (argparse applies a subparser's defaults last).
     common = _common_options(defaults=False)
+    output = _output_option(defaults=False)
 
     parser = argparse.ArgumentParser(
         prog="stageflow",
-        description="Stageflow: releases through stages, on Temporal.",
+        description="Stageflow: releases through stages, on Temporal. "
+        "User commands go through the HTTP API as the person signed in "
+        "(`stageflow login`, or STAGEFLOW_URL and STAGEFLOW_TOKEN).",
         parents=[top],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common, *parents])
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        """A user command: an HTTP client of the API."""
+        return sub.add_parser(name, help=help, description=help, parents=[output])
 
-    pipeline = command("pipeline", "validate a pipeline file or print its JSON Schema")
+    def process(name: str, help: str) -> argparse.ArgumentParser:
+        """A process command: runs Stageflow here, on Temporal and the record."""
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    pipeline = process("pipeline", "validate a pipeline file or print its JSON Schema")
     pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
     validate = pipeline_sub.add_parser("validate", help="check a pipeline file", parents=[common])
     validate.add_argument("file")
@@ -69,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     release = command("release", "create, list and show releases")
     release_sub = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
     create = release_sub.add_parser(
-        "create", help="create a release of a pipeline", parents=[common]
+        "create",
+        help="create a release of a pipeline (the API reads the file: same machine)",
+        parents=[output],
     )
     create.add_argument("file", help="the pipeline YAML")
     create.add_argument("--artifact", action="append", default=[], metavar="ALIAS=VERSION")
@@ -77,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--until", metavar="STAGE", help="deploy no further than this stage")
     create.add_argument("--description", default="")
     create.add_argument("--wait", action="store_true", help="show progress until the stages settle")
-    listing = release_sub.add_parser("list", help="releases, newest first", parents=[common])
+    listing = release_sub.add_parser("list", help="releases, newest first", parents=[output])
     listing.add_argument("--pipeline")
     listing.add_argument("--status", help="the release's: waiting, in_progress, succeeded, ...")
     listing.add_argument(
@@ -86,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--created-by", metavar="USER")
     listing.add_argument("--limit", type=int, default=20, help="releases per page")
     listing.add_argument("--page", type=int, default=1)
-    show = release_sub.add_parser("show", help="one release and its stages", parents=[common])
+    show = release_sub.add_parser("show", help="one release and its stages", parents=[output])
     show.add_argument("release", metavar="PIPELINE/NUMBER")
 
     for name, help in (
@@ -147,12 +158,49 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("pipeline")
     status.add_argument("--releases", type=int, default=10, help="how many (newest first)")
 
-    db = command("db", "the record's database")
+    login = command("login", "sign in to an API: paste a token (stdin), saved for next time")
+    login.add_argument(
+        "url",
+        nargs="?",
+        metavar="URL",
+        help="the API (else $STAGEFLOW_URL, else the server used last, else http://127.0.0.1:8080)",
+    )
+    logout = command("logout", "forget the token saved for an API (it stays valid: revoke it)")
+    logout.add_argument("url", nargs="?", metavar="URL", help="else the current server")
+    command("whoami", "who the API says you are")
+    token = command("token", "your personal API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    token_create = token_sub.add_parser(
+        "create", help="make a token; it is shown this once (the last line)", parents=[output]
+    )
+    token_create.add_argument("--name", default="", help="your label for it")
+    token_create.add_argument(
+        "--expires", metavar="DURATION", help="valid this long (90d, 12h); default: until revoked"
+    )
+    token_sub.add_parser("list", help="your tokens (never their secrets)", parents=[output])
+    token_revoke = token_sub.add_parser("revoke", help="revoke a token", parents=[output])
+    token_revoke.add_argument("token_id", metavar="ID")
+    access = command("access", "who has which role on a pipeline")
+    access_sub = access.add_subparsers(dest="access_command", required=True, metavar="ACTION")
+    for verb, help in (("grant", "give a role"), ("revoke", "take a role back")):
+        change = access_sub.add_parser(verb, help=help, parents=[output])
+        change.add_argument(
+            "subject",
+            metavar="SUBJECT",
+            help="user:NAME (or just NAME), group:NAME, group:oidc:NAME",
+        )
+        change.add_argument("role", choices=("viewer", "releaser", "admin"))
+        change.add_argument("--pipeline", required=True, help="a pipeline, or '*' for every one")
+        change.add_argument("--stage", help="only this stage of it")
+    access_list = access_sub.add_parser("list", help="the grants", parents=[output])
+    access_list.add_argument("--pipeline", help="one pipeline's (and those on every pipeline)")
+
+    db = process("db", "the record's database")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser(
         "upgrade", help="migrate the record's schema to this version's", parents=[common]
     )
-    retention = command("retention", "the record's retention: delete what pipelines no longer keep")
+    retention = process("retention", "the record's retention: delete what pipelines no longer keep")
     retention_sub = retention.add_subparsers(
         dest="retention_command", required=True, metavar="ACTION"
     )
@@ -161,13 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
 
-    server = command("server", "run the local Temporal dev server (SQLite in the data dir)")
+    server = process("server", "run the local Temporal dev server (SQLite in the data dir)")
     server.add_argument(
         "--port", type=int, default=7233, help="gRPC port; the Web UI is on port + 1000"
     )
     server.add_argument("--headless", action="store_true", help="no Web UI")
-    command("worker", "run a control worker (workflows)")
-    agent = command("agent", "run an agent that takes jobs from a pool")
+    process("worker", "run a control worker (workflows)")
+    agent = process("agent", "run an agent that takes jobs from a pool")
     agent.add_argument("--pool", required=True)
     agent.add_argument("--name")
     agent.add_argument("--capacity", type=int, default=1)
@@ -178,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long running tasks may finish before their jobs go to "
         "another agent (30s, 10m, 1h)",
     )
-    up = command("up", "run the local stack: server, control worker, one agent and the API")
+    up = process("up", "run the local stack: server, control worker, one agent and the API")
     up.add_argument(
         "--port", type=int, default=7233, help="gRPC port; the Web UI is on port + 1000"
     )
@@ -190,10 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=8080,
         help="the HTTP API's port on 127.0.0.1 (default 8080; 0: any free one)",
     )
-    serve = command("serve", "run the HTTP API (migrates the record first)")
+    serve = process("serve", "run the HTTP API (migrates the record first)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
-    user = command("user", "people of the record (run where the data dir or its database is)")
+    user = process("user", "people of the record (run where the data dir or its database is)")
     user_sub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     user_add = user_sub.add_parser(
         "add",
@@ -203,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     user_add.add_argument("name")
     user_add.add_argument("--email")
     user_add.add_argument("--admin", action="store_true", help="admin on every pipeline")
-    codec = command(
+    codec = process(
         "codec-server", "decrypt payloads for the Temporal Web UI (needs STAGEFLOW_CODEC_KEY)"
     )
     codec.add_argument("--port", type=int, default=8081, help="on 127.0.0.1 (default 8081)")
@@ -218,11 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common_options(defaults: bool) -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
-    common.add_argument(
-        "--as", dest="user", help="who you are (else $STAGEFLOW_USER, else the OS user)", **unset
-    )
+    """The options of process commands: where Temporal and the data dir are."""
+    common = argparse.ArgumentParser(add_help=False, parents=[_output_option(defaults)])
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
     common.add_argument(
         "--address", help="Temporal address (else $TEMPORAL_ADDRESS, 127.0.0.1:7233)", **unset
     )
@@ -233,16 +279,24 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
         "--data-dir", help="data directory (else $STAGEFLOW_DATA_DIR, ~/.stageflow)", **unset
     )
     common.add_argument("--task-queue", help=argparse.SUPPRESS, **unset)
-    common.add_argument("--json", action="store_true", help="print JSON for scripts", **unset)
     return common
 
 
+def _output_option(defaults: bool) -> argparse.ArgumentParser:
+    output = argparse.ArgumentParser(add_help=False)
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    output.add_argument("--json", action="store_true", help="print JSON for scripts", **unset)
+    return output
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings of a process command: the environment, then its flags."""
+    from worker.settings import Settings
+
     return Settings.from_env().with_flags(
         address=args.address,
         namespace=args.namespace,
         data_dir=args.data_dir,
-        user=args.user,
         task_queue=args.task_queue,
     )
 
@@ -251,6 +305,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    from starter.pipeline_loader import load_pipeline, pipeline_json_schema
+
     if args.pipeline_command == "schema":
         print(json.dumps(pipeline_json_schema(), indent=2))
         return Exit.OK
@@ -274,33 +330,6 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     return Exit.OK
 
 
-async def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
-    from starter import commands, read_commands
-
-    if args.release_command == "create":
-        if not Path(args.file).exists():
-            raise UserError(f"{args.file}: no such file")
-        load_pipeline(args.file)  # invalid input is refused before any connection
-        client = await _client(settings)
-        return await commands.create(client, settings, args)
-    if args.release_command == "list":
-        return await read_commands.list_releases(settings, args)
-    return await read_commands.show(settings, args)
-
-
-async def cmd_read(args: argparse.Namespace, settings: Settings) -> int:
-    """The commands answered from the record (`logs --follow` then streams live)."""
-    from starter import commands, read_commands
-
-    if args.command == "logs":
-        return await commands.logs(settings, args, _ref(args.release))
-    if args.command == "history":
-        return await read_commands.history(settings, args, _ref(args.release))
-    if args.command == "approvals":
-        return await read_commands.approvals(settings, args)
-    return await read_commands.status(settings, args)
-
-
 async def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     from starter.maintenance import cmd_retention as run_retention
 
@@ -322,28 +351,6 @@ async def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"{where}: schema migrated from revision {before or 'none'} to {after}")
     return Exit.OK
-
-
-async def cmd_release_action(args: argparse.Namespace, settings: Settings) -> int:
-    from starter import commands
-
-    ref = _ref(args.release)
-    client = await _client(settings)
-    handler: Callable[..., Awaitable[int]] = getattr(commands, args.command)
-    return await handler(client, settings, args, ref)
-
-
-async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
-    from starter import commands
-
-    if args.all_mine:
-        if args.release or args.stage:
-            raise UserError("--all-mine approves everything waiting on you: give no release")
-        return await commands.approve_all_mine(await _client(settings), settings, args)
-    if not (args.release and args.stage):
-        raise UserError("approve needs PIPELINE/NUMBER STAGE (or --all-mine)")
-    ref = _ref(args.release)
-    return await commands.approve(await _client(settings), settings, args, ref)
 
 
 def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
@@ -462,17 +469,78 @@ async def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     return Exit.OK
 
 
-# --- plumbing ----------------------------------------------------------------------------
+# --- user commands: HTTP clients of the API --------------------------------------------
+
+USER_COMMANDS = {
+    "release",
+    "deploy",
+    "redeploy",
+    "cancel",
+    "abandon",
+    "approve",
+    "reject",
+    "resume",
+    "gates",
+    "approvals",
+    "logs",
+    "history",
+    "status",
+    "login",
+    "logout",
+    "whoami",
+    "token",
+    "access",
+}
 
 
-def _ref(text: str) -> ReleaseRef:
+def run_user_command(args: argparse.Namespace) -> int:
+    """A user command, as the signed-in person (`login` and `logout` sign in and out)."""
+    from starter import access_commands, commands, log_commands, read_commands
+    from starter.client import Api
+
+    command = args.command
+    if command == "login":
+        return access_commands.login(args)
+    if command == "logout":
+        return access_commands.logout(args)
+    handlers: dict[str, Callable[[Api, argparse.Namespace], int]] = {
+        "deploy": commands.deploy,
+        "redeploy": commands.redeploy,
+        "cancel": commands.cancel,
+        "abandon": commands.abandon,
+        "approve": commands.approve,
+        "reject": commands.reject,
+        "resume": commands.resume,
+        "gates": commands.gates,
+        "approvals": read_commands.approvals,
+        "logs": log_commands.logs,
+        "history": read_commands.history,
+        "status": read_commands.status,
+        "whoami": access_commands.whoami,
+        "token": access_commands.token,
+        "access": access_commands.access,
+    }
+    if command == "release":
+        handlers["release"] = {
+            "create": commands.create,
+            "list": read_commands.list_releases,
+            "show": read_commands.show,
+        }[args.release_command]
+    api = Api.signed_in()
     try:
-        return ReleaseRef.parse(text)
-    except ValueError as err:
-        raise UserError(str(err)) from err
+        return handlers[command](api, args)
+    finally:
+        api.close()
+
+
+# --- process commands: Stageflow itself, on Temporal and the record ------------------------
 
 
 async def _client(settings: Settings, identity: str | None = None) -> Client:
+    from temporalio.service import RPCError
+
+    from worker.settings import connect
+
     try:
         return await asyncio.wait_for(connect(settings, identity), timeout=10)
     except (TimeoutError, RuntimeError, RPCError, OSError) as err:
@@ -503,37 +571,43 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    command = args.command
-    if command == "pipeline":
-        return cmd_pipeline(args, settings)
-    if command == "server":
-        return cmd_server(args, settings)
-    if command == "codec-server":
-        return cmd_codec_server(args, settings)
-    runner: dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]] = {
-        "release": cmd_release,
-        "deploy": cmd_release_action,
-        "redeploy": cmd_release_action,
-        "cancel": cmd_release_action,
-        "abandon": cmd_release_action,
-        "logs": cmd_read,
-        "history": cmd_read,
-        "approvals": cmd_read,
-        "status": cmd_read,
-        "db": cmd_db,
-        "retention": cmd_retention,
-        "reject": cmd_release_action,
-        "resume": cmd_release_action,
-        "gates": cmd_release_action,
-        "approve": cmd_approve,
-        "worker": cmd_worker,
-        "agent": cmd_agent,
-        "up": cmd_up,
-        "serve": cmd_serve,
-        "user": cmd_user,
-    }
-    return asyncio.run(runner[command](args, settings))
+def run_process_command(args: argparse.Namespace) -> int:
+    """A process command; its expected failures are one line and exit code 2."""
+    from temporalio.service import RPCError
+
+    from starter.pipeline_loader import InvalidPipeline
+    from starter.releases import ReleaseClosed, ReleaseNotFound, StageNotFound
+    from worker.devserver import ServerFailed
+
+    try:
+        settings = settings_from(args)
+        command = args.command
+        if command == "pipeline":
+            return cmd_pipeline(args, settings)
+        if command == "server":
+            return cmd_server(args, settings)
+        if command == "codec-server":
+            return cmd_codec_server(args, settings)
+        runner: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
+            "db": cmd_db,
+            "retention": cmd_retention,
+            "worker": cmd_worker,
+            "agent": cmd_agent,
+            "up": cmd_up,
+            "serve": cmd_serve,
+            "user": cmd_user,
+        }
+        return asyncio.run(runner[command](args, settings))
+    except InvalidPipeline as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return Exit.USAGE
+    except (ReleaseNotFound, ReleaseClosed, StageNotFound, ServerFailed) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return Exit.USAGE
+    except RPCError as err:
+        print(f"error: Temporal said: {err}", file=sys.stderr)
+        return Exit.USAGE
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -541,23 +615,24 @@ def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = settings_from(args)
-        return _dispatch(args, settings)
-    except InvalidPipeline as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return Exit.USAGE
-    except (UserError, ReleaseNotFound, ReleaseClosed, StageNotFound, ValueError) as err:
+        if args.command in USER_COMMANDS:
+            return _user_command(args)
+        return run_process_command(args)
+    except (UserError, Unavailable, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return Exit.USAGE
-    except (Unavailable, ServerFailed) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return Exit.USAGE
-    except RPCError as err:
-        print(f"error: Temporal said: {err}", file=sys.stderr)
         return Exit.USAGE
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
+
+
+def _user_command(args: argparse.Namespace) -> int:
+    from starter.client import ApiError
+
+    try:
+        return run_user_command(args)
+    except ApiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
 
 
 def main() -> NoReturn:

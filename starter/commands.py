@@ -1,79 +1,109 @@
-"""The release commands of the CLI: one function each, printing what they did."""
+"""The release commands of the CLI: create a release and act on it through the API, one
+function each, printing what the workflows answered.
+
+Who acts is the signed-in person (starter/client.py): the API passes them to the
+workflow. Each action carries a request id, so one sent again after a lost answer
+is answered once.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import os
 import sys
+import time
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-from temporalio.client import Client
 
 from starter import render
+from starter.client import Api, ApiError, Refused
 from starter.exit_codes import Exit
-from starter.read_commands import waiting_on
-from starter.releases import (
-    ReleaseRef,
-    StageNotFound,
-    abandon_release,
-    cancel_stage,
-    create_release,
-    decide,
-    deploy_now,
-    deploy_stage,
-    ignore_gate,
-    latest_attempt,
-    parse_vars,
-    release_status,
-    settled,
-)
-from worker.settings import Settings, connect
+from starter.release_ref import ReleaseRef
 from workflows.audit import AuditEvent
 from workflows.pipeline import parse_duration
-from workflows.release import ReleaseStatus, StageStatus
+from workflows.release import ReleaseStatus, StageAttempt, StageStatus
 
 FAILED_STATUSES = {StageStatus.FAILED, StageStatus.CANCELED, StageStatus.REJECTED}
 POLL = 0.3
+# How long a release just created may take to show in the record.
+RECORDED_SECONDS = 30.0
 
 
-async def create(client: Client, settings: Settings, args: argparse.Namespace) -> int:
-    created = await create_release(
-        client,
-        Path(args.file),
-        user=settings.user,
-        artifact_versions=parse_vars(args.artifact, "--artifact"),
-        variables=parse_vars(args.var),
-        until=args.until,
-        description=args.description,
-        task_queue=settings.task_queue,
+def release_ref(text: str) -> ReleaseRef:
+    """`PIPELINE/NUMBER`, or a ValueError saying how to write one (exit 2)."""
+    return ReleaseRef.parse(text)
+
+
+def release_path(ref: ReleaseRef, *rest: str) -> str:
+    """The API path of a release (and of what is below it: `stages`, a stage, ...)."""
+    parts = [quote(ref.pipeline, safe=""), str(ref.number), *(quote(p, safe="") for p in rest)]
+    return "/releases/" + "/".join(parts)
+
+
+def fetch_release(api: Api, ref: ReleaseRef) -> tuple[ReleaseStatus, dict[str, Any]]:
+    """The release as the API shows it (recorded, and live where its stages answer), and
+    what the API said beside it (`live`, `live_unavailable`)."""
+    shown: dict[str, Any] = api.get(release_path(ref))
+    live = {key: shown.pop(key, None) for key in ("live", "live_unavailable")}
+    return ReleaseStatus.model_validate(shown), live
+
+
+def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {pair!r}: use KEY=VALUE")
+        values[key] = value
+    return values
+
+
+# --- releases ------------------------------------------------------------------------
+
+
+def create(api: Api, args: argparse.Namespace) -> int:
+    """Create a release of the pipeline file. The API reads the file (it runs where the
+    data dir is), so the path goes as an absolute one; the pipeline is checked there."""
+    if not os.path.isfile(args.file):
+        raise ValueError(f"{args.file}: no such file")
+    created = api.post(
+        "/releases",
+        {
+            "file": os.path.abspath(args.file),
+            "artifacts": parse_pairs(args.artifact, "--artifact"),
+            "variables": parse_pairs(args.var, "--var"),
+            "until": args.until,
+            "description": args.description,
+        },
     )
-    pipeline = created.workflow_id.split("/")[1]
-    ref = ReleaseRef(pipeline, created.number)
+    pipeline, number, name = created["pipeline"], created["number"], created["name"]
+    ref = ReleaseRef(pipeline, number)
     if not args.wait:
         if args.json:
             print(
                 json.dumps(
                     {
                         "pipeline": pipeline,
-                        "number": created.number,
-                        "name": created.name,
+                        "number": number,
+                        "name": name,
                         "reference": str(ref),
-                        "workflow_id": created.workflow_id,
+                        "workflow_id": f"release/{ref}",
                     }
                 )
             )
         else:
-            print(f"created {pipeline} {created.name} ({ref})")
+            print(f"created {pipeline} {name} ({ref})")
         return Exit.OK
     if not args.json:
-        print(f"created {pipeline} {created.name} ({ref})", flush=True)
-    status = await _wait_settled(client, ref, live=not args.json)
+        print(f"created {pipeline} {name} ({ref})", flush=True)
+    status = _wait_settled(api, ref, live=not args.json)
     if args.json:
         print(json.dumps(render.release_json(status)))
     else:
@@ -81,20 +111,44 @@ async def create(client: Client, settings: Settings, args: argparse.Namespace) -
     return _exit_code(status)
 
 
-async def _wait_settled(client: Client, ref: ReleaseRef, live: bool) -> ReleaseStatus:
+def _wait_settled(api: Api, ref: ReleaseRef, live: bool) -> ReleaseStatus:
     """Poll the release until no stage is queued or running, showing progress."""
-    status = await release_status(client, ref)
+    status = _first_look(api, ref)
     if not live or not sys.stdout.isatty():
         while not settled(status):
-            await asyncio.sleep(POLL)
-            status = await release_status(client, ref)
+            time.sleep(POLL)
+            status, _ = fetch_release(api, ref)
         return status
     with Live(_progress(status), console=render.console(), refresh_per_second=4) as view:
         while not settled(status):
-            await asyncio.sleep(POLL)
-            status = await release_status(client, ref)
+            time.sleep(POLL)
+            status, _ = fetch_release(api, ref)
             view.update(_progress(status))
     return status
+
+
+def _first_look(api: Api, ref: ReleaseRef) -> ReleaseStatus:
+    """The new release, once the record has it (its workflow writes it as it starts)."""
+    deadline = time.monotonic() + RECORDED_SECONDS
+    while True:
+        try:
+            return fetch_release(api, ref)[0]
+        except ApiError as err:
+            if err.status != 404 or time.monotonic() >= deadline:
+                raise
+        time.sleep(POLL)
+
+
+def settled(status: ReleaseStatus) -> bool:
+    """No stage is queued or in progress, and the release has begun what it starts by
+    itself: a stage triggered by the release itself has an attempt (or the release
+    ended). Stages that wait for a person (manual, or past `--until`) count as settled."""
+    if any(v.status != StageStatus.NOT_DEPLOYED and not v.status.is_final for v in status.stages):
+        return False
+    if status.state != "active":
+        return True
+    automatic = [v for v in status.stages if v.trigger == "after release"]
+    return not automatic or any(v.attempts for v in status.stages)
 
 
 def _progress(status: ReleaseStatus) -> Group:
@@ -112,65 +166,58 @@ def _exit_code(status: ReleaseStatus) -> int:
     return Exit.FAILED if any(v.status in FAILED_STATUSES for v in triggered) else Exit.OK
 
 
-async def deploy(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
+# --- actions -------------------------------------------------------------------------
+
+
+def _act(api: Api, ref: ReleaseRef, what: str, path: str, body: dict[str, Any], json_: bool) -> int:
+    """Send one action and print the workflow's verdict: accepted (exit 0), or refused
+    and why (exit 2)."""
+    try:
+        event = api.act(path, body, check=f"stageflow history {ref}")
+    except Refused as refused:
+        event = refused.event
+    return _verdict(ref, what, AuditEvent.model_validate(event), json_)
+
+
+def _verdict(ref: ReleaseRef, what: str, event: AuditEvent, as_json: bool) -> int:
+    if as_json:
+        print(event.model_dump_json())
+    elif event.outcome == "accepted":
+        print(f"{ref}: {what} accepted" + (f" ({event.detail})" if event.detail else ""))
+    else:
+        print(f"error: {ref}: {what} refused: {event.detail}", file=sys.stderr)
+    return Exit.OK if event.outcome == "accepted" else Exit.USAGE
+
+
+def deploy(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
     if args.now:
-        event = await deploy_now(client, ref, args.stage, settings.user)
-        return _verdict(ref, f"deploy {args.stage} now", event, args.json)
-    return await _deploy(client, settings, args, ref, redeploy=False)
+        path = release_path(ref, "stages", args.stage, "deploy-now")
+        return _act(api, ref, f"deploy {args.stage} now", path, {}, args.json)
+    path = release_path(ref, "stages", args.stage, "deploy")
+    return _act(api, ref, f"deploy {args.stage}", path, {}, args.json)
 
 
-async def redeploy(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
-    return await _deploy(client, settings, args, ref, redeploy=True)
+def redeploy(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    path = release_path(ref, "stages", args.stage, "redeploy")
+    return _act(api, ref, f"redeploy {args.stage}", path, {}, args.json)
 
 
-async def _deploy(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef, redeploy: bool
-) -> int:
-    event = await deploy_stage(client, ref, args.stage, settings.user, redeploy=redeploy)
-    return _verdict(ref, f"{args.command} {args.stage}", event, args.json)
+def cancel(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    path = release_path(ref, "stages", args.stage, "cancel")
+    return _act(api, ref, f"cancel {args.stage}", path, {}, args.json)
 
 
-async def abandon(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
-    event = await abandon_release(client, ref, settings.user, args.reason)
-    return _verdict(ref, "abandon", event, args.json)
+def abandon(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    return _act(
+        api, ref, "abandon", release_path(ref, "abandon"), {"reason": args.reason}, args.json
+    )
 
 
-async def cancel(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
-    event = await cancel_stage(client, ref, args.stage, settings.user)
-    return _verdict(ref, f"cancel {args.stage}", event, args.json)
-
-
-async def logs(settings: Settings, args: argparse.Namespace, ref: ReleaseRef) -> int:
-    """Print task logs from the log store; with --follow, stream a running task live.
-    Which tasks ran comes from the record (and the live view of running stages)."""
-    from starter.logs import print_logs
-    from starter.read_commands import recorded_release
-    from starter.reading import with_live_view
-
-    status = await recorded_release(settings, ref)
-    await with_live_view(settings, status)  # a task running now, if its stage answers
-    names = [view.name for view in status.stages]
-    if args.stage and args.stage not in names:
-        raise StageNotFound(
-            f"release {ref} has no stage {args.stage!r} (stages: {', '.join(names)})"
-        )
-    client = await connect(settings) if args.follow else None
-    return await print_logs(client, settings, status, args)
-
-
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("'", "\\'")
-
-
-# --- people's decisions ------------------------------------------------------------------
+# --- people's decisions --------------------------------------------------------------
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
@@ -186,83 +233,64 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _verdict(ref: ReleaseRef, what: str, event: AuditEvent, as_json: bool) -> int:
-    """Print the workflow's answer: accepted (exit 0), or refused and why (exit 2)."""
-    if as_json:
-        print(event.model_dump_json())
-    elif event.outcome == "accepted":
-        print(f"{ref}: {what} accepted" + (f" ({event.detail})" if event.detail else ""))
-    else:
-        print(f"error: {ref}: {what} refused: {event.detail}", file=sys.stderr)
-    return Exit.OK if event.outcome == "accepted" else Exit.USAGE
-
-
-async def approve(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
+def approve(api: Api, args: argparse.Namespace) -> int:
+    if args.all_mine:
+        if args.release or args.stage:
+            raise ValueError("--all-mine approves everything waiting on you: give no release")
+        return _approve_all_mine(api, args)
+    if not (args.release and args.stage):
+        raise ValueError("approve needs PIPELINE/NUMBER STAGE (or --all-mine)")
+    ref = release_ref(args.release)
     defer = parse_time(args.defer_until) if args.defer_until else None
     phase = "post" if args.post else "pre"
-    event = await decide(
-        client,
-        ref,
-        args.stage,
-        settings.user,
-        "approve",
-        phase=phase,
-        comment=args.comment,
-        defer_until=defer,
-    )
-    return _verdict(ref, f"approve {args.stage} ({phase}-deployment)", event, args.json)
+    body = {
+        "phase": phase,
+        "comment": args.comment,
+        "defer_until": defer.isoformat() if defer else None,
+    }
+    path = release_path(ref, "stages", args.stage, "approve")
+    return _act(api, ref, f"approve {args.stage} ({phase}-deployment)", path, body, args.json)
 
 
-async def approve_all_mine(client: Client, settings: Settings, args: argparse.Namespace) -> int:
-    recorded = await waiting_on(settings, settings.user)
-    waiting = [w for w in recorded if w.kind == "approval"]
+def _approve_all_mine(api: Api, args: argparse.Namespace) -> int:
+    waiting = [w for w in api.get("/approvals", {"mine": True}) if w["kind"] == "approval"]
     if not waiting:
-        print(f"nothing is waiting on {settings.user}")
+        print(f"nothing is waiting on {api.get('/me')['user']}")
         return Exit.OK
-    worst = Exit.OK
+    worst: int = Exit.OK
     for item in waiting:
-        ref = ReleaseRef(item.pipeline, item.number)
-        event = await decide(
-            client,
-            ref,
-            item.stage,
-            settings.user,
-            "approve",
-            phase=item.phase,
-            comment=args.comment,
-        )
-        code = _verdict(ref, f"approve {item.stage} ({item.phase}-deployment)", event, args.json)
+        ref = ReleaseRef(item["pipeline"], item["number"])
+        stage, phase = item["stage"], item["phase"]
+        path = release_path(ref, "stages", stage, "approve")
+        body = {"phase": phase, "comment": args.comment}
+        code = _act(api, ref, f"approve {stage} ({phase}-deployment)", path, body, args.json)
         worst = max(worst, code)
     return worst
 
 
-async def reject(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
-    phase = "post" if args.post else "pre"
-    event = await decide(
-        client, ref, args.stage, settings.user, "reject", phase=phase, comment=args.comment
-    )
-    return _verdict(ref, f"reject {args.stage}", event, args.json)
+def reject(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    body = {"phase": "post" if args.post else "pre", "comment": args.comment}
+    path = release_path(ref, "stages", args.stage, "reject")
+    return _act(api, ref, f"reject {args.stage}", path, body, args.json)
 
 
-async def resume(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
-    event = await decide(client, ref, args.stage, settings.user, "resume", comment=args.comment)
-    return _verdict(ref, f"resume {args.stage}", event, args.json)
+def resume(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    path = release_path(ref, "stages", args.stage, "resume")
+    return _act(api, ref, f"resume {args.stage}", path, {"comment": args.comment}, args.json)
 
 
-async def gates(
-    client: Client, settings: Settings, args: argparse.Namespace, ref: ReleaseRef
-) -> int:
+def gates(api: Api, args: argparse.Namespace) -> int:
+    """The gate evaluations of the stage's latest deployment (`release show` carries
+    them), or with --ignore: skip one check from now on."""
+    ref = release_ref(args.release)
     phase = "post" if args.post else "pre"
     if args.ignore:
-        event = await ignore_gate(client, ref, args.stage, settings.user, args.ignore, phase)
-        return _verdict(ref, f"ignore gate check {args.ignore!r}", event, args.json)
-    attempt = await latest_attempt(client, ref, args.stage)
+        path = release_path(ref, "stages", args.stage, "ignore-gate")
+        body = {"check": args.ignore, "phase": phase}
+        return _act(api, ref, f"ignore gate check {args.ignore!r}", path, body, args.json)
+    attempt = _latest_attempt(api, ref, args.stage)
     states = [g for g in attempt.gates if g.phase == phase]
     if args.json:
         print(json.dumps([g.model_dump(mode="json") for g in states]))
@@ -290,3 +318,14 @@ async def gates(
                 )
         render.console().print(table)
     return Exit.OK
+
+
+def _latest_attempt(api: Api, ref: ReleaseRef, stage: str) -> StageAttempt:
+    status, _ = fetch_release(api, ref)
+    names = [view.name for view in status.stages]
+    if stage not in names:
+        raise ValueError(f"release {ref} has no stage {stage!r} (stages: {', '.join(names)})")
+    latest = status.stage(stage).latest
+    if latest is None:
+        raise ValueError(f"stage {stage!r} of {ref} has not been deployed")
+    return latest

@@ -85,6 +85,33 @@ def current_credentials(
     return Credentials(url, token) if url and token else None
 
 
+def current_url(env: Mapping[str, str] | None = None, path: Path | None = None) -> str | None:
+    """The server the command line talks to: STAGEFLOW_URL, else the file's current one
+    (whether or not there is a token for it)."""
+    env = os.environ if env is None else env
+    url = normalized(env.get("STAGEFLOW_URL", ""))
+    if url:
+        return url
+    stored = _read(path or credentials_path(env))
+    return normalized(str(stored.get("current") or "")) or None
+
+
+def forget_credentials(url: str, path: Path | None = None) -> Path | None:
+    """Remove the token kept for the server at `url` (`stageflow logout`); it is no longer
+    the current server. The file written, or None when it held no token for `url`."""
+    path = path or credentials_path()
+    url = normalized(url)
+    stored = _read(path)
+    servers = stored.get("servers")
+    if not isinstance(servers, dict) or url not in servers:
+        return None
+    del servers[url]
+    if stored.get("current") == url:
+        stored.pop("current")
+    _write(path, stored)
+    return path
+
+
 def normalized(url: str) -> str:
     """One spelling per server: no surrounding spaces, no trailing slash."""
     return url.strip().rstrip("/")

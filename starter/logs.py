@@ -1,38 +1,43 @@
-"""`stageflow logs`: task logs from the log store, and a running task followed live."""
+"""Task logs of a release, as the API serves them (starter/api/routes_logs.py): which
+tasks and tries have a log, one log's lines, and a running task followed live.
+
+The log store (activities/log_store.py) holds each try of each task under its own
+key; which tasks ran, and whether one runs now, comes from the release's status
+(the record, and the live view of running stages). The command line prints what
+these give (starter/log_commands.py).
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import re
-import sys
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from pydantic import BaseModel, Field
 from temporalio.client import Client
 
-from activities.log_store import DirectoryLogStore, LogStore, read_log
+from activities.log_store import LogStore
 from starter.releases import StageNotFound, stage_progress
-from worker.settings import Settings
 from workflows.agent_api import log_prefix
 from workflows.release import ReleaseStatus, StageAttempt, TaskRun, TaskStatus
 from workflows.stage_jobs import log_stem
 
 FOLLOW_POLL = 0.2
+# Bytes read from a growing log at a time while following it.
+FOLLOW_CHUNK = 64 * 1024
 
 # What follows a task's key stem in the keys of its logs: `.job2` for the job's
 # re-run on another agent after a lost agent, `.try2` for the task's retry.
 _TRY_SUFFIX = re.compile(r"(?:\.job(\d+))?(?:\.try(\d+))?\.log")
 
 
-@dataclass(frozen=True)
-class TryLog:
+class TryLog(BaseModel):
     """The stored log of one try of a task."""
 
-    key: str
-    job_try: int
-    task_try: int
+    key: str = Field(description="its key in the log store: GET .../logs/{key} reads it")
+    job_try: int = Field(description="1, or the job's re-run after its agent was lost")
+    task_try: int = Field(description="1, or the task's retry")
 
     @property
     def label(self) -> str:
@@ -41,37 +46,82 @@ class TryLog:
         return f"try {self.task_try}"
 
 
-def _attempts(status: ReleaseStatus, args: argparse.Namespace) -> list[tuple[str, StageAttempt]]:
+class TaskLogs(BaseModel):
+    """One task of one deployment, and the logs of its tries in the order they ran."""
+
+    stage: str
+    attempt: int
+    job: str
+    task: str
+    status: TaskStatus
+    logs: list[TryLog]
+
+
+def chosen_attempts(
+    status: ReleaseStatus, stage: str | None, attempt: int | None
+) -> list[tuple[str, StageAttempt]]:
+    """The deployments asked for: each stage's latest one (or only `stage`'s), or attempt
+    `attempt` of each; StageNotFound, naming what exists, when there is no such thing."""
+    names = [view.name for view in status.stages]
+    ref = f"{status.pipeline}/{status.number}"
+    if stage is not None and stage not in names:
+        raise StageNotFound(f"release {ref} has no stage {stage!r} (stages: {', '.join(names)})")
     chosen = []
     for view in status.stages:
-        if args.stage and view.name != args.stage:
+        if stage and view.name != stage:
             continue
-        if args.attempt:
-            chosen += [(view.name, a) for a in view.attempts if a.attempt == args.attempt]
+        if attempt:
+            chosen += [(view.name, a) for a in view.attempts if a.attempt == attempt]
         elif view.latest:
             chosen.append((view.name, view.latest))
-    if args.attempt and not chosen:
-        raise StageNotFound(_no_such_attempt(status, args))
+    if attempt and not chosen:
+        raise StageNotFound(_no_such_attempt(status, stage, attempt))
     return chosen
 
 
-def _no_such_attempt(status: ReleaseStatus, args: argparse.Namespace) -> str:
+def _no_such_attempt(status: ReleaseStatus, stage: str | None, attempt: int) -> str:
     ref = f"{status.pipeline}/{status.number}"
-    views = [v for v in status.stages if not args.stage or v.name == args.stage]
+    views = [v for v in status.stages if not stage or v.name == stage]
     existing = "; ".join(
         f"{v.name}: {', '.join(str(a.attempt) for a in v.attempts)}" for v in views if v.attempts
     )
-    where = f"stage {args.stage!r} of {ref}" if args.stage else ref
+    where = f"stage {stage!r} of {ref}" if stage else ref
     if not existing:
-        return f"{where} has no attempt {args.attempt}: it was never deployed"
-    return f"{where} has no attempt {args.attempt} (attempts {existing})"
+        return f"{where} has no attempt {attempt}: it was never deployed"
+    return f"{where} has no attempt {attempt} (attempts {existing})"
 
 
-def _matches(run: TaskRun, wanted: str | None) -> bool:
+def matches(run: TaskRun, wanted: str | None) -> bool:
+    """`--task NAME` or `--task JOB/NAME` names this task (None: every task)."""
     return wanted is None or run.task == wanted or f"{run.job}/{run.task}" == wanted
 
 
-def _key_stem(status: ReleaseStatus, stage: str, attempt: StageAttempt, run: TaskRun) -> str:
+def task_logs(
+    store: LogStore,
+    status: ReleaseStatus,
+    stage: str | None = None,
+    task: str | None = None,
+    attempt: int | None = None,
+) -> list[TaskLogs]:
+    """Every chosen task with the stored logs of its tries (none yet: an empty list)."""
+    found = []
+    for name, deployment in chosen_attempts(status, stage, attempt):
+        for run in deployment.tasks:
+            if matches(run, task):
+                found.append(
+                    TaskLogs(
+                        stage=name,
+                        attempt=deployment.attempt,
+                        job=run.job,
+                        task=run.task,
+                        status=run.status,
+                        logs=try_logs(store, key_stem(status, name, deployment, run)),
+                    )
+                )
+    return found
+
+
+def key_stem(status: ReleaseStatus, stage: str, attempt: StageAttempt, run: TaskRun) -> str:
     """The log store key of the task's first try, without `.log`; every try's key
     starts with it (`webapp/42/dev/1/job/01-deploy`)."""
     if run.log:
@@ -99,108 +149,64 @@ def try_logs(store: LogStore, stem: str) -> list[TryLog]:
     return sorted(found, key=lambda log: (log.job_try, log.task_try))
 
 
-async def print_logs(
-    client: Client | None, settings: Settings, status: ReleaseStatus, args: argparse.Namespace
-) -> int:
-    """Print the logs of every try of the chosen tasks; `--follow` streams a running one.
-
-    A log cut short (its agent was lost, or the task killed) says so in its last line.
-    Printing into a pipe that closes early (`| head`) ends quietly.
-    """
-    try:
-        return await _print_logs(client, settings, status, args)
-    except BrokenPipeError:
-        # The reader is gone (`| head`): stop quietly, as Unix tools do. Later
-        # flushes of stdout must not fail again, so it now goes nowhere.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+def still_written(entry: TaskLogs, key: str) -> bool:
+    """Whether the log under `key` may still grow: only the last try of a running task."""
+    return entry.status == TaskStatus.IN_PROGRESS and bool(entry.logs) and entry.logs[-1].key == key
 
 
-async def _print_logs(
-    client: Client | None, settings: Settings, status: ReleaseStatus, args: argparse.Namespace
-) -> int:
-    store = DirectoryLogStore(settings.log_dir)
-    stamps = not args.no_timestamps
-    printed = 0
-    for stage, attempt in _attempts(status, args):
-        for run in attempt.tasks:
-            if not _matches(run, args.task):
-                continue
-            if run.status == TaskStatus.IN_PROGRESS and client is not None:
-                await _follow(client, store, stage, attempt, run, stamps)
-                printed += 1
-                continue
-            logs = try_logs(store, _key_stem(status, stage, attempt, run))
-            for number, log in enumerate(logs, 1):
-                path = store.path(log.key)
-                if path is None:
-                    continue  # removed since it was listed
-                label = f", {log.label}" if len(logs) > 1 or log.task_try > 1 else ""
-                print(
-                    f"==> {stage} #{attempt.attempt} / {run.task} ({run.status.value}){label} <==",
-                    flush=True,
-                )
-                # Only the last try of a running task may still be written to.
-                running = run.status == TaskStatus.IN_PROGRESS and number == len(logs)
-                for line in read_log(path, timestamps=stamps, task_over=not running):
-                    print(line)
-                printed += 1
-    if printed == 0:
-        print("no logs yet" + (f" for task {args.task!r}" if args.task else ""))
-    sys.stdout.flush()  # a closed pipe shows here, while BrokenPipeError is still caught
-    return 0
-
-
-async def _follow(
-    client: Client,
-    store: DirectoryLogStore,
-    stage: str,
-    attempt: StageAttempt,
-    run: TaskRun,
-    stamps: bool,
-) -> None:
-    """Stream the agent's live log of a running task until the task ends.
+async def follow(
+    client: Client, store: LogStore, stem: str, attempt: StageAttempt, run: TaskRun
+) -> AsyncIterator[bytes]:
+    """The bytes of a running task's log as they are written, until the task ends, then
+    what its shipped log holds beyond them; whole lines only while it runs.
 
     The agent names its local log in the task's heartbeat; on one machine (or a
-    shared disk) we read it as it grows. Afterwards the shipped log is the truth.
+    shared disk) it is read as it grows. Afterwards the shipped log is the truth:
+    the key the deployment names, else the last try's under `stem`. A task that is
+    not running (any more) gives that log whole.
     """
-    print(f"==> {stage} #{attempt.attempt} / {run.task} (following) <==", flush=True)
     local = await _live_log_path(client, attempt.workflow_id)
     offset = 0
     while True:
         if local is not None and local.exists():
             with local.open("rb") as log:
                 log.seek(offset)
-                data = log.read()
-            if data:
-                # Print whole lines only; the rest comes with the next read.
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    print(data[:cut].decode(errors="replace"), end="", flush=True)
-                    offset += cut
-        current = await stage_progress(client, attempt.workflow_id)
-        task = next(
-            (
-                t
-                for t in (current.tasks if current else [])
-                if t.job == run.job and t.task == run.task
-            ),
-            None,
-        )
-        if current is None or task is None or task.status != TaskStatus.IN_PROGRESS:
+                data = log.read(FOLLOW_CHUNK)
+            # Whole lines only; the rest comes with the next read.
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut]
+                offset += cut
+            if len(data) == FOLLOW_CHUNK:
+                continue  # more is there already
+        current = await _task_now(client, attempt, run)
+        if current is None or current.status != TaskStatus.IN_PROGRESS:
             break
         if local is None:
             local = await _live_log_path(client, attempt.workflow_id)
         await asyncio.sleep(FOLLOW_POLL)
-    # The task ended: print what the shipped log holds beyond what we showed.
-    final = await stage_progress(client, attempt.workflow_id)
-    task = next((t for t in (final.tasks if final else []) if t.task == run.task), None)
-    if task is not None and task.log and (path := store.path(task.log)) is not None:
-        with path.open("rb") as log:
-            log.seek(offset)
-            rest = log.read()
-        if rest:
-            print(rest.decode(errors="replace"), end="" if rest.endswith(b"\n") else "\n")
+    ended = await _task_now(client, attempt, run)
+    tries = try_logs(store, stem)
+    key = ended.log if ended is not None and ended.log else (tries[-1].key if tries else None)
+    path = store.path(key) if key else None
+    if path is None:
+        return
+    last = b"\n"
+    with path.open("rb") as log:
+        log.seek(offset)
+        while rest := log.read(FOLLOW_CHUNK):
+            yield rest
+            last = rest
+    if not last.endswith(b"\n"):
+        yield b"\n"
+
+
+async def _task_now(client: Client, attempt: StageAttempt, run: TaskRun) -> TaskRun | None:
+    """The task as its deployment says now; None once the deployment answers no more."""
+    current = await stage_progress(client, attempt.workflow_id)
+    if current is None:
+        return None
+    return next((t for t in current.tasks if t.job == run.job and t.task == run.task), None)
 
 
 async def _live_log_path(client: Client, workflow_id: str) -> Path | None:

@@ -1,45 +1,51 @@
 """The CLI's reading commands: release list/show, history, approvals, status.
 
-All read the record (starter/reading.py): they answer whether or not a worker
-is up; `release show` adds what running stages say now, when they answer fast.
+The API answers them from the record (they answer whether or not a worker is up);
+`release show` adds what running stages say now, when they answer fast. Here they
+are only asked for and rendered.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
 
 from rich.table import Table
 from rich.text import Text
 
-from activities import record
-from activities.record import Waiting
-from activities.record.views import Deployed, StatusMatrix, TrailEvent
 from starter import render
+from starter.client import Api
+from starter.commands import fetch_release, release_path, release_ref
 from starter.exit_codes import Exit
-from starter.reading import reading, termination, with_live_view
-from starter.releases import ReleaseNotFound, ReleaseRef
-from worker.settings import Settings
+from workflows.audit import AuditEvent
 from workflows.release import ReleaseStatus
 
 
-async def list_releases(settings: Settings, args: argparse.Namespace) -> int:
+class TrailEvent(AuditEvent):
+    """A line of the audit trail as the API gives it (activities/record/views.py): with
+    how its person signed in, for a request that came through the API."""
+
+    via: str | None = None
+
+
+def list_releases(api: Api, args: argparse.Namespace) -> int:
     if args.limit < 1 or args.page < 1:
         raise ValueError("--limit and --page count from 1")
-    async with reading(settings) as db:
-        found = (
-            []
-            if db is None
-            else await record.releases(
-                db,
-                pipeline=args.pipeline,
-                status=args.status,
-                stage_status=args.stage_status,
-                created_by=args.created_by,
-                limit=args.limit,
-                offset=(args.page - 1) * args.limit,
-            )
-        )
+    page = api.get(
+        "/releases",
+        {
+            "pipeline": args.pipeline,
+            "status": args.status,
+            "stage_status": args.stage_status,
+            "created_by": args.created_by,
+            "limit": args.limit,
+            "page": args.page,
+        },
+    )
+    found = [ReleaseStatus.model_validate(r) for r in page["releases"]]
     rows = [render.release_json(status) for status in found]
     if args.json:
         print(json.dumps(rows))
@@ -50,22 +56,13 @@ async def list_releases(settings: Settings, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-async def recorded_release(settings: Settings, ref: ReleaseRef) -> ReleaseStatus:
-    """The release from the record; ReleaseNotFound if the record does not know it."""
-    async with reading(settings) as db:
-        found = None if db is None else await record.release(db, ref.pipeline, ref.number)
-    if found is None:
-        raise ReleaseNotFound(f"release {ref} not found")
-    return found
-
-
-async def show(settings: Settings, args: argparse.Namespace) -> int:
-    ref = ReleaseRef.parse(args.release)  # a ValueError is a usage error: exit 2
-    status = await recorded_release(settings, ref)
-    unavailable = await with_live_view(settings, status)
+def show(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    status, live = fetch_release(api, ref)
+    unavailable = live.get("live_unavailable")
     if args.json:
         data = render.release_json(status)
-        data["live"] = unavailable is None
+        data["live"] = bool(live.get("live"))
         if unavailable:
             data["live_unavailable"] = unavailable
         print(json.dumps(data))
@@ -78,44 +75,30 @@ async def show(settings: Settings, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-async def history(settings: Settings, args: argparse.Namespace, ref: ReleaseRef) -> int:
-    async with reading(settings) as db:
-        events = None if db is None else await record.trail(db, ref.pipeline, ref.number)
-    if events is None:
-        raise ReleaseNotFound(f"release {ref} not found")
-    terminated = await termination(settings, ref) if _maybe_running(events) else None
-    if terminated is not None:
-        events.append(TrailEvent(**terminated.model_dump()))
+def history(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    events: list[dict[str, Any]] = api.get(release_path(ref, "history"))
     if args.json:
-        print(json.dumps([event.model_dump(mode="json") for event in events]))
+        print(json.dumps(events))
     else:
-        render.console().print(render.history_table(events))
+        render.console().print(render.history_table([TrailEvent(**e) for e in events]))
     return Exit.OK
 
 
-def _maybe_running(events: list[TrailEvent]) -> bool:
-    """A release whose trail has no end (abandon, close) may still run in Temporal."""
-    return not any(e.action in ("abandon", "close") and e.outcome == "accepted" for e in events)
-
-
-async def waiting_on(settings: Settings, user: str | None) -> list[Waiting]:
-    """What waits on people (on `user`: what they may decide now), from the record."""
-    async with reading(settings) as db:
-        return [] if db is None else await record.releases_waiting_on(db, user)
-
-
-async def approvals(settings: Settings, args: argparse.Namespace) -> int:
-    waiting = await waiting_on(settings, settings.user if args.mine else None)
+def approvals(api: Api, args: argparse.Namespace) -> int:
+    waiting = api.get("/approvals", {"mine": True} if args.mine else None)
     rows = [
         {
-            "release": w.reference,
-            "name": w.release,
-            "stage": w.stage,
-            "attempt": w.attempt.attempt,
-            "waiting_for": w.kind if w.kind != "approval" else f"{w.phase}-deployment approval",
-            "approvers": w.approvers,
-            "deadline": w.deadline.isoformat() if w.deadline else None,
-            "status": w.attempt.status.value,
+            "release": f"{w['pipeline']}/{w['number']}",
+            "name": w["release"],
+            "stage": w["stage"],
+            "attempt": w["attempt"]["attempt"],
+            "waiting_for": w["kind"]
+            if w["kind"] != "approval"
+            else f"{w['phase']}-deployment approval",
+            "approvers": w["approvers"],
+            "deadline": _iso(w["deadline"]),
+            "status": w["attempt"]["status"],
         }
         for w in waiting
     ]
@@ -123,7 +106,7 @@ async def approvals(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows))
         return Exit.OK
     if not rows:
-        print("nothing is waiting" + (f" on {settings.user}" if args.mine else ""))
+        print("nothing is waiting" + (f" on {api.get('/me')['user']}" if args.mine else ""))
         return Exit.OK
     table = Table(show_edge=False, header_style="bold")
     for column in ("release", "stage", "waiting for", "approvers", "deadline (UTC)"):
@@ -140,18 +123,17 @@ async def approvals(settings: Settings, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-async def status(settings: Settings, args: argparse.Namespace) -> int:
+def status(api: Api, args: argparse.Namespace) -> int:
     """The pipeline's stages × its newest releases, and what is deployed where."""
     if args.releases < 1:
         raise ValueError("--releases counts from 1")
-    async with reading(settings) as db:
-        matrix = (
-            None if db is None else await record.status_matrix(db, args.pipeline, args.releases)
-        )
-    if matrix is None or not matrix.releases:
-        raise ReleaseNotFound(f"pipeline {args.pipeline!r} has no recorded releases")
+    matrix = api.get(
+        f"/pipelines/{quote(args.pipeline, safe='')}/status", {"releases": args.releases}
+    )
+    if not matrix["releases"]:
+        raise ValueError(f"pipeline {args.pipeline!r} has no recorded releases")
     if args.json:
-        print(matrix.model_dump_json())
+        print(json.dumps(matrix, separators=(",", ":"), ensure_ascii=False))
         return Exit.OK
     console = render.console()
     console.print(_deployed_table(matrix))
@@ -159,36 +141,36 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def _deployed_table(matrix: StatusMatrix) -> Table:
+def _deployed_table(matrix: dict[str, Any]) -> Table:
     table = Table(show_edge=False, header_style="bold", title_justify="left")
-    table.title = f"{matrix.pipeline}: what is where"
+    table.title = f"{matrix['pipeline']}: what is where"
     for column in ("stage", "deployed now", "since (UTC)", "by", "in progress"):
         table.add_column(column)
-    for stage in matrix.deployed:
-        now = stage.deployed
+    for stage in matrix["deployed"]:
+        now = stage["deployed"]
         table.add_row(
-            stage.stage,
+            stage["stage"],
             _deployment(now) if now else Text("nothing", style="dim"),
-            render.when(now.ended_at) if now else "-",
-            now.triggered_by if now else "-",
-            ", ".join(f"{d.release} ({d.status.value})" for d in stage.in_progress) or "-",
+            render.when(_time(now["ended_at"])) if now else "-",
+            now["triggered_by"] if now else "-",
+            ", ".join(f"{d['release']} ({d['status']})" for d in stage["in_progress"]) or "-",
         )
     return table
 
 
-def _matrix_table(matrix: StatusMatrix) -> Table:
+def _matrix_table(matrix: dict[str, Any]) -> Table:
     table = Table(show_edge=False, header_style="bold")
     table.add_column("release")
     table.add_column("created (UTC)")
-    for name in matrix.stages:
+    for name in matrix["stages"]:
         table.add_column(name)
-    for row in matrix.releases:
+    for row in (ReleaseStatus.model_validate(r) for r in matrix["releases"]):
         by_stage = {view.name: view for view in row.stages}
         cells: list[Text | str] = [
             f"{row.name} ({row.pipeline}/{row.number})",
             render.when(row.created_at),
         ]
-        for name in matrix.stages:
+        for name in matrix["stages"]:
             view = by_stage.get(name)
             if view is None:
                 cells.append(Text("-", style="dim"))
@@ -201,8 +183,18 @@ def _matrix_table(matrix: StatusMatrix) -> Table:
     return table
 
 
-def _deployment(deployed: Deployed) -> Text:
-    text = Text(deployed.release, style="bold")
-    if deployed.attempt > 1:
-        text.append(f" (attempt {deployed.attempt})", style="dim")
+def _deployment(deployed: dict[str, Any]) -> Text:
+    text = Text(deployed["release"], style="bold")
+    if deployed["attempt"] > 1:
+        text.append(f" (attempt {deployed['attempt']})", style="dim")
     return text
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _iso(text: str | None) -> str | None:
+    """An API time as Python writes it (`+00:00`, not `Z`), as this command always has."""
+    moment = _time(text)
+    return moment.isoformat() if moment else None

@@ -9,7 +9,6 @@ import asyncio
 import random
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from starter.artifacts import resolve_artifacts
 from starter.limits import check_release_request
 from starter.pipeline_loader import load_pipeline
+from starter.release_ref import ReleaseRef
 from workflows.approval_policy import Decision
 from workflows.audit import AuditEvent
 from workflows.names import (
     CONTROL_TASK_QUEUE,
     pipeline_workflow_id,
-    release_workflow_id,
     stage_workflow_id,
 )
 from workflows.pipeline_workflow import (
@@ -90,28 +89,6 @@ class ReleaseClosed(LookupError):
 
 class WorkflowClosed(Exception):
     """The workflow an update was sent to has completed."""
-
-
-@dataclass(frozen=True)
-class ReleaseRef:
-    pipeline: str
-    number: int
-
-    @classmethod
-    def parse(cls, text: str) -> ReleaseRef:
-        pipeline, _, number = text.rpartition("/")
-        if not pipeline or not number.isdigit():
-            raise ValueError(
-                f"{text!r} is not a release reference: use PIPELINE/NUMBER, e.g. webapp/42"
-            )
-        return cls(pipeline, int(number))
-
-    @property
-    def workflow_id(self) -> str:
-        return release_workflow_id(self.pipeline, self.number)
-
-    def __str__(self) -> str:
-        return f"{self.pipeline}/{self.number}"
 
 
 def parse_vars(pairs: list[str], what: str = "--var") -> dict[str, str]:

@@ -1,16 +1,22 @@
 """Fixtures: a real Temporal dev server per session, real control workers and agents
-as processes per test, each test with its own task queue, pools and data dir."""
+as processes per test, each test with its own task queue, pools and data dir; and,
+for a test that runs a user command, its own API server (`stageflow serve`) and
+people with tokens, made on first use."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +30,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.record import default_database_url
+from activities.record import default_database_url, open_database
+from activities.record.identity import add_user, create_token
 from starter.polling import poll
 from starter.releases import ReleaseRef, create_release, release_status, settled
 from tests.postgres import PostgresCluster, missing_binaries, start_cluster
@@ -36,6 +43,41 @@ from workflows.release import ReleaseStatus
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 CREDENTIAL_ENV = ("XDG_CONFIG_HOME", "STAGEFLOW_URL", "STAGEFLOW_TOKEN")
+# The commands that run Stageflow itself; every other command is a client of the API.
+PROCESS_COMMANDS = {
+    "pipeline",
+    "up",
+    "server",
+    "worker",
+    "agent",
+    "serve",
+    "codec-server",
+    "db",
+    "retention",
+    "user",
+}
+# Options of process commands that take a value, as they may come before the command.
+VALUED_OPTIONS = {"--address", "--namespace", "--data-dir", "--task-queue"}
+API_SECONDS = 60.0
+# Who runs a user command when a test does not say: an admin of everything.
+TESTER = "tester"
+
+
+def command_of(args: tuple[str, ...]) -> str | None:
+    """The command word of `stageflow ARGS` (options before it skipped)."""
+    words = iter(args)
+    for word in words:
+        if word in VALUED_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` to its end from synchronous code, on or off a running loop."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
 
 
 async def wait_for(
@@ -98,6 +140,10 @@ class Stack:
     task_queue: str = field(default_factory=lambda: f"stageflow-{uuid.uuid4().hex[:8]}")
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # The API of this test (`stageflow serve`), started by its first user command.
+    api_url: str | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
+    _people: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def data_dir(self) -> Path:
@@ -114,7 +160,6 @@ class Stack:
             TEMPORAL_NAMESPACE="default",
             STAGEFLOW_DATA_DIR=str(self.data_dir),
             STAGEFLOW_TASK_QUEUE=self.task_queue,
-            STAGEFLOW_USER="tester",
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
@@ -183,8 +228,72 @@ class Stack:
 
         await wait_for(polling, timeout=30, what=f"pid {process.pid} polling {queue}")
 
-    def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
-        """Run `stageflow ARGS` as a user would, in this test's world."""
+    def api(self) -> str:
+        """The URL of this test's API server, started the first time it is asked for."""
+        with self._people:
+            if self.api_url is None:
+                self.api_url = self.start_api()
+            return self.api_url
+
+    def start_api(self, **env: str) -> str:
+        """Start one more API server on a free port (`stageflow serve --port 0`) with
+        `env` on top of the stack's, on the same record; its URL once it listens."""
+        name = f"api-{len([p for p in self.processes if 'serve' in p.args])}"
+        process = self.spawn(["serve", "--port", "0"], name, **env)
+        log = self.root / f"{name}.log"
+        deadline = time.monotonic() + API_SECONDS
+        while True:
+            found = re.search(r"^API at (http://\S+)$", log.read_text(), re.MULTILINE)
+            if found:
+                return found.group(1)
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the API did not listen in {API_SECONDS}s:\n{log.read_text()}"
+                )
+            try:
+                process.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                continue
+            raise AssertionError(f"the API exited with {process.returncode}:\n{log.read_text()}")
+
+    def token(self, user: str = TESTER, admin: bool = True) -> str:
+        """A token of `user`, a person of the record made on first use (an admin of
+        Stageflow unless `admin` is False: then they may do only what they are granted,
+        or decide what a pipeline names them for)."""
+        with self._people:
+            if user not in self.tokens:
+                self.tokens[user] = run_coroutine(self._person(user, admin))
+            return self.tokens[user]
+
+    async def _person(self, name: str, admin: bool) -> str:
+        from starter.serve import migrate_record
+        from worker.settings import Settings
+
+        settings = Settings.from_env(self.env())
+        await migrate_record(settings)  # the API may not have started yet
+        db = open_database(settings.record_url)
+        try:
+            person = await add_user(db, name, admin=admin)
+            made = await create_token(db, person, name="tests")
+        finally:
+            await db.close()
+        return made.token.get_secret_value()
+
+    def signed_in(self, user: str = TESTER) -> dict[str, str]:
+        """The environment of a user command run by `user`: this test's API and their token."""
+        return {"STAGEFLOW_URL": self.api(), "STAGEFLOW_TOKEN": self.token(user)}
+
+    def cli(
+        self, *args: str, user: str = TESTER, timeout: float = 120, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `stageflow ARGS` as a user would, in this test's world. A user command
+        runs as `user`, signed in to this test's API (started on the first one), unless
+        `env` says STAGEFLOW_URL / STAGEFLOW_TOKEN itself."""
+        if command_of(args) not in PROCESS_COMMANDS:
+            if "STAGEFLOW_URL" not in env:
+                env["STAGEFLOW_URL"] = self.api()
+            if "STAGEFLOW_TOKEN" not in env:
+                env["STAGEFLOW_TOKEN"] = self.token(user)
         return subprocess.run(
             [sys.executable, "-m", "starter.cli", *args],
             cwd=self.root,

@@ -123,14 +123,13 @@ async def test_approval_mail_names_the_release_and_its_command_approves(
     await stack.start_agent("a1")
     created = await asyncio.to_thread(
         stack.cli,
-        "--as",
-        "dave",
         "--json",
         "release",
         "create",
         str(path),
         "--description",
         "fix login",
+        user="dave",
     )
     assert created.returncode == 0, created.stderr
     ref = json.loads(created.stdout)["reference"]
@@ -147,12 +146,12 @@ async def test_approval_mail_names_the_release_and_its_command_approves(
     )
     assert "fix login" in text and "dave" in text and "prod" in text
     command = next(line for line in text.splitlines() if line.startswith("stageflow approve "))
-    assert command == f"stageflow approve {ref} prod --as alice"
+    assert command == f"stageflow approve {ref} prod"
     assert {m["To"] for m in inbox.messages} >= {"alice@example.test", "carol@example.test"}
 
-    # Run the command from the mail, as alice would.
+    # Run the command from the mail, as alice would: signed in as herself.
     argv = shlex.split(command)
-    result = await asyncio.to_thread(stack.cli, *argv[1:])
+    result = await asyncio.to_thread(stack.cli, *argv[1:], user="alice")
     assert result.returncode == 0, result.stderr
     assert "approve prod (pre-deployment) accepted" in result.stdout
     await wait_status(stack, ref, "succeeded")
@@ -181,20 +180,20 @@ async def test_refusals_of_non_approvers_creator_and_out_of_turn_are_in_history(
     await stack.start_worker(**smtp_env(port))
     await stack.start_agent("a1")
     created = await asyncio.to_thread(
-        stack.cli, "--as", "dave", "--json", "release", "create", str(path)
+        stack.cli, "--json", "release", "create", str(path), user="dave"
     )
     assert created.returncode == 0, created.stderr
     ref = json.loads(created.stdout)["reference"]
     await wait_status(stack, ref, "waiting_for_approval")
 
-    outsider = await asyncio.to_thread(stack.cli, "--as", "mallory", "approve", ref, "prod")
+    outsider = await asyncio.to_thread(stack.cli, "approve", ref, "prod", user="mallory")
     assert outsider.returncode == 2 and "mallory is not an approver" in outsider.stderr
-    creator = await asyncio.to_thread(stack.cli, "--as", "dave", "approve", ref, "prod")
+    creator = await asyncio.to_thread(stack.cli, "approve", ref, "prod", user="dave")
     assert (
         creator.returncode == 2 and "dave created the release and may not approve" in creator.stderr
     )
     # dave cannot approve, so under `sequence` his turn blocks; bob is out of turn.
-    early = await asyncio.to_thread(stack.cli, "--as", "bob", "approve", ref, "prod")
+    early = await asyncio.to_thread(stack.cli, "approve", ref, "prod", user="bob")
     assert early.returncode == 2 and "out of turn: waiting for dave first" in early.stderr
     assert await stage_status(stack, ref) == "waiting_for_approval"
 
@@ -205,7 +204,7 @@ async def test_refusals_of_non_approvers_creator_and_out_of_turn_are_in_history(
     assert "refused" in table and "out of turn" in table
 
     rejected = await asyncio.to_thread(
-        stack.cli, "--as", "alice", "reject", ref, "prod", "--comment", "stuck"
+        stack.cli, "reject", ref, "prod", "--comment", "stuck", user="alice"
     )
     assert rejected.returncode == 0, rejected.stderr
     await wait_status(stack, ref, "rejected")
@@ -227,34 +226,34 @@ async def test_policies_all_and_sequence_need_every_approver(
     await stack.start_worker(**smtp_env(port))
     await stack.start_agent("a1")
     created = await asyncio.to_thread(
-        stack.cli, "--as", "dave", "--json", "release", "create", str(path)
+        stack.cli, "--json", "release", "create", str(path), user="dave"
     )
     assert created.returncode == 0, created.stderr
     ref = json.loads(created.stdout)["reference"]
     await wait_status(stack, ref, "waiting_for_approval")
 
     mine = json.loads(
-        (await asyncio.to_thread(stack.cli, "--as", "bob", "--json", "approvals", "--mine")).stdout
+        (await asyncio.to_thread(stack.cli, "--json", "approvals", "--mine", user="bob")).stdout
     )
     assert [(row["release"], row["stage"]) for row in mine] == [(ref, "prod")]
     assert (
-        await asyncio.to_thread(stack.cli, "--as", "alice", "approve", ref, "prod")
+        await asyncio.to_thread(stack.cli, "approve", ref, "prod", user="alice")
     ).returncode == 0
-    again = await asyncio.to_thread(stack.cli, "--as", "alice", "approve", ref, "prod")
+    again = await asyncio.to_thread(stack.cli, "approve", ref, "prod", user="alice")
     assert again.returncode == 2 and "alice has approved already" in again.stderr
     assert await stage_status(stack, ref) == "waiting_for_approval"
-    approve_all = await asyncio.to_thread(stack.cli, "--as", "bob", "approve", "--all-mine")
+    approve_all = await asyncio.to_thread(stack.cli, "approve", "--all-mine", user="bob")
     assert approve_all.returncode == 0 and "accepted" in approve_all.stdout, approve_all.stderr
     await wait_status(stack, ref, "waiting_for_approval", stage="audit")
 
     # sequence: carol (for release-managers) must wait for alice.
-    early = await asyncio.to_thread(stack.cli, "--as", "carol", "approve", ref, "audit")
+    early = await asyncio.to_thread(stack.cli, "approve", ref, "audit", user="carol")
     assert early.returncode == 2 and "out of turn" in early.stderr
     assert (
-        await asyncio.to_thread(stack.cli, "--as", "alice", "approve", ref, "audit")
+        await asyncio.to_thread(stack.cli, "approve", ref, "audit", user="alice")
     ).returncode == 0
     assert (
-        await asyncio.to_thread(stack.cli, "--as", "carol", "approve", ref, "audit")
+        await asyncio.to_thread(stack.cli, "approve", ref, "audit", user="carol")
     ).returncode == 0
     await wait_status(stack, ref, "succeeded", stage="audit")
     assert await stage_status(stack, ref) == "succeeded"
@@ -272,13 +271,13 @@ async def test_reject_stops_later_stages(stack: Stack, smtp: tuple[Inbox, int]) 
     await stack.start_worker(**smtp_env(port))
     await stack.start_agent("a1")
     created = await asyncio.to_thread(
-        stack.cli, "--as", "dave", "--json", "release", "create", str(path)
+        stack.cli, "--json", "release", "create", str(path), user="dave"
     )
     assert created.returncode == 0, created.stderr
     ref = json.loads(created.stdout)["reference"]
     await wait_status(stack, ref, "waiting_for_approval")
     result = await asyncio.to_thread(
-        stack.cli, "--as", "alice", "reject", ref, "prod", "--comment", "not today"
+        stack.cli, "reject", ref, "prod", "--comment", "not today", user="alice"
     )
     assert result.returncode == 0, result.stderr
     await wait_status(stack, ref, "rejected")
@@ -393,40 +392,40 @@ async def test_ignore_gate_deploy_now_and_resume_from_the_command_line(
     await stack.start_worker(**smtp_env(port))
     await stack.start_agent("a1", capacity=2)
     created = await asyncio.to_thread(
-        stack.cli, "--as", "dave", "--json", "release", "create", str(path)
+        stack.cli, "--json", "release", "create", str(path), user="dave"
     )
     assert created.returncode == 0, created.stderr
     ref = json.loads(created.stdout)["reference"]
     await wait_status(stack, ref, "waiting_for_approval")
 
     approved = await asyncio.to_thread(
-        stack.cli, "--as", "alice", "approve", ref, "prod", "--defer-until", "+1d"
+        stack.cli, "approve", ref, "prod", "--defer-until", "+1d", user="alice"
     )
     assert approved.returncode == 0 and "deferred until" in approved.stdout, approved.stderr
     await wait_status(stack, ref, "evaluating_gates")
     outsider = await asyncio.to_thread(
-        stack.cli, "--as", "bob", "gates", ref, "prod", "--ignore", "never-healthy"
+        stack.cli, "gates", ref, "prod", "--ignore", "never-healthy", user="bob"
     )
     assert (
         outsider.returncode == 2
         and "bob may not ignore pre-deployment gates (who may: alice)" in outsider.stderr
     )
     ignored = await asyncio.to_thread(
-        stack.cli, "--as", "alice", "gates", ref, "prod", "--ignore", "never-healthy"
+        stack.cli, "gates", ref, "prod", "--ignore", "never-healthy", user="alice"
     )
     assert ignored.returncode == 0, ignored.stderr
     await wait_status(stack, ref, "deferred")
 
-    early = await asyncio.to_thread(stack.cli, "--as", "bob", "deploy", ref, "prod", "--now")
+    early = await asyncio.to_thread(stack.cli, "deploy", ref, "prod", "--now", user="bob")
     assert early.returncode == 2 and "bob is not an approver" in early.stderr
-    now = await asyncio.to_thread(stack.cli, "--as", "alice", "deploy", ref, "prod", "--now")
+    now = await asyncio.to_thread(stack.cli, "deploy", ref, "prod", "--now", user="alice")
     assert now.returncode == 0, now.stderr
     await wait_status(stack, ref, "waiting_for_intervention")
 
     waiting = json.loads((await asyncio.to_thread(stack.cli, "--json", "approvals")).stdout)
     assert any(row["release"] == ref and row["waiting_for"] == "intervention" for row in waiting)
     resumed = await asyncio.to_thread(
-        stack.cli, "--as", "alice", "resume", ref, "prod", "--comment", "fine"
+        stack.cli, "resume", ref, "prod", "--comment", "fine", user="alice"
     )
     assert resumed.returncode == 0, resumed.stderr
     await wait_status(stack, ref, "succeeded")

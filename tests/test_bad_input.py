@@ -270,7 +270,7 @@ async def test_a_mail_that_cannot_be_built_fails_once_and_the_deployment_goes_on
     assert attempts == [1]  # not retried
     assert not list((stack.data_dir / "outbox").glob("*.eml"))
 
-    approved = await asyncio.to_thread(stack.cli, "--as", "alice", "approve", str(ref), "prod")
+    approved = await asyncio.to_thread(stack.cli, "approve", str(ref), "prod", user="alice")
     assert approved.returncode == 0, approved.stdout + approved.stderr
     status = await stack.wait_settled(ref)
     assert status.stage("prod").status == StageStatus.SUCCEEDED

@@ -129,11 +129,11 @@ async def test_deploy_redeploy_cancel_abandon_and_follow_logs(stack: Stack) -> N
         )
     )
 
-    out = ok(await asyncio.to_thread(stack.cli, "--as", "erin", "redeploy", ref, "dev"))
+    out = ok(await asyncio.to_thread(stack.cli, "redeploy", ref, "dev", user="erin"))
     assert f"{ref}: redeploy dev accepted" in out
 
     (stack.root / "block-prod").touch()
-    ok(await asyncio.to_thread(stack.cli, "--as", "erin", "deploy", ref, "prod"))
+    ok(await asyncio.to_thread(stack.cli, "deploy", ref, "prod", user="erin"))
 
     async def prod_running() -> bool:
         shown = json.loads(ok(await asyncio.to_thread(stack.cli, "--json", "release", "show", ref)))
@@ -156,7 +156,7 @@ async def test_deploy_redeploy_cancel_abandon_and_follow_logs(stack: Stack) -> N
             "--no-timestamps",
         ],
         cwd=stack.root,
-        env=stack.env(PYTHONPATH=str(ROOT)),
+        env=stack.env(PYTHONPATH=str(ROOT), **stack.signed_in()),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -178,7 +178,7 @@ async def test_deploy_redeploy_cancel_abandon_and_follow_logs(stack: Stack) -> N
     (stack.root / "release-prod").unlink()
     ok(await asyncio.to_thread(stack.cli, "redeploy", ref, "prod"))
     await wait_for(prod_running, what="prod running again")
-    out = ok(await asyncio.to_thread(stack.cli, "--as", "frank", "cancel", ref, "prod"))
+    out = ok(await asyncio.to_thread(stack.cli, "cancel", ref, "prod", user="frank"))
     assert f"{ref}: cancel prod accepted (attempt 2)" in out
 
     async def prod_canceled() -> dict[str, object] | None:
@@ -235,17 +235,32 @@ async def test_error_paths_have_one_line_and_exit_code_2(stack: Stack) -> None:
     schema = json.loads(ok(await asyncio.to_thread(stack.cli, "pipeline", "schema")))
     assert "stages" in schema["properties"]
 
-    nowhere = f"127.0.0.1:{free_port()}"
-    down = await asyncio.to_thread(
-        stack.cli, "deploy", f"{name}/1", "dev", TEMPORAL_ADDRESS=nowhere
+    # No API there: one line saying how to start one.
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    down = await asyncio.to_thread(stack.cli, "deploy", f"{name}/1", "dev", STAGEFLOW_URL=nowhere)
+    assert down.returncode == 2 and down.stdout == ""
+    assert down.stderr == (
+        f"error: cannot reach the API at {nowhere}: start it with `stageflow up` or "
+        "`stageflow serve`, or set STAGEFLOW_URL\n"
     )
-    assert down.returncode == 2
-    assert "cannot reach the Temporal server" in down.stderr and "stageflow up" in down.stderr
-    assert "Traceback" not in down.stderr
-    # What was recorded is still there to read without the server.
-    shown = await asyncio.to_thread(
-        stack.cli, "release", "show", f"{name}/1", TEMPORAL_ADDRESS=nowhere
+    # Not signed in, or with a token the API does not know.
+    anonymous = await asyncio.to_thread(stack.cli, "release", "list", STAGEFLOW_TOKEN="")
+    assert anonymous.returncode == 2
+    assert anonymous.stderr.startswith("error: not signed in: run `stageflow login`")
+    forged = await asyncio.to_thread(stack.cli, "release", "list", STAGEFLOW_TOKEN="sft_x_y")
+    assert forged.returncode == 2 and forged.stderr == (
+        f"error: not signed in to {stack.api()} (or the token is revoked/expired): "
+        "run `stageflow login`\n"
     )
+
+    # An API that cannot reach Temporal refuses actions in one line, and still reads
+    # what was recorded.
+    blind = await asyncio.to_thread(stack.start_api, TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}")
+    action = await asyncio.to_thread(stack.cli, "deploy", f"{name}/1", "dev", STAGEFLOW_URL=blind)
+    assert action.returncode == 2 and action.stderr.count("\n") == 1
+    assert "cannot reach Temporal at 127.0.0.1:" in action.stderr
+    assert "Traceback" not in action.stderr
+    shown = await asyncio.to_thread(stack.cli, "release", "show", f"{name}/1", STAGEFLOW_URL=blind)
     assert shown.returncode == 0 and "succeeded" in shown.stdout, shown.stderr
 
 

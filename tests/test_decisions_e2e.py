@@ -42,7 +42,7 @@ async def test_a_decision_on_an_ended_stage_is_refused_and_kept_then_a_closed_re
     ref, _ = await stack.create(path)
     await stack.wait_settled(ref)
 
-    late = await asyncio.to_thread(stack.cli, "--as", "alice", "approve", str(ref), "dev")
+    late = await asyncio.to_thread(stack.cli, "approve", str(ref), "dev", user="alice")
     assert late.returncode == 2
     assert late.stderr.strip() == (
         f"error: {ref}: approve dev (pre-deployment) refused: "
@@ -62,7 +62,7 @@ async def test_a_decision_on_an_ended_stage_is_refused_and_kept_then_a_closed_re
 
     await wait_for(closed, what="the release to close")
     after = await asyncio.to_thread(
-        stack.cli, "--as", "alice", "reject", str(ref), "dev", "--comment", "x"
+        stack.cli, "reject", str(ref), "dev", "--comment", "x", user="alice"
     )
     assert after.returncode == 2
     assert after.stderr.strip() == (
@@ -115,13 +115,13 @@ async def test_approvals_mail_whoever_can_decide_now_and_show_says_what_to_type(
     assert "stageflow approve" not in body(notice[0])
     assert inbox.to("bob@example.test") == []
 
-    early = await asyncio.to_thread(stack.cli, "--as", "bob", "approve", str(ref), "prod")
+    early = await asyncio.to_thread(stack.cli, "approve", str(ref), "prod", user="bob")
     assert early.returncode == 2 and "out of turn: waiting for alice first" in early.stderr
-    first = await asyncio.to_thread(stack.cli, "--as", "alice", "approve", str(ref), "prod")
+    first = await asyncio.to_thread(stack.cli, "approve", str(ref), "prod", user="alice")
     assert first.returncode == 0 and "approve prod (pre-deployment) accepted" in first.stdout
     bob_mail = await wait_for(mails(inbox, "bob"), what="bob's mail")
-    assert f"stageflow approve {ref} prod --as bob" in body(bob_mail[0])
-    second = await asyncio.to_thread(stack.cli, "--as", "bob", "approve", str(ref), "prod")
+    assert f"stageflow approve {ref} prod" in body(bob_mail[0]).splitlines()
+    second = await asyncio.to_thread(stack.cli, "approve", str(ref), "prod", user="bob")
     assert second.returncode == 0, second.stderr
 
     async def post_pending() -> bool:
@@ -131,7 +131,7 @@ async def test_approvals_mail_whoever_can_decide_now_and_show_says_what_to_type(
         )
 
     await wait_for(post_pending, what="the post-deployment approval")
-    no_flag = await asyncio.to_thread(stack.cli, "--as", "erin", "approve", str(ref), "prod")
+    no_flag = await asyncio.to_thread(stack.cli, "approve", str(ref), "prod", user="erin")
     assert no_flag.returncode == 2
     assert no_flag.stderr.strip().endswith(
         "the pre-deployment approval is not pending (approved); "
@@ -140,7 +140,7 @@ async def test_approvals_mail_whoever_can_decide_now_and_show_says_what_to_type(
     table = await asyncio.to_thread(stack.cli, "release", "show", str(ref))
     assert f"stageflow approve {ref} prod --post" in table.stdout.replace("\n", " ")
     await wait_for(mails(inbox, "erin"), what="erin's mail")
-    done = await asyncio.to_thread(stack.cli, "--as", "erin", "approve", str(ref), "prod", "--post")
+    done = await asyncio.to_thread(stack.cli, "approve", str(ref), "prod", "--post", user="erin")
     assert done.returncode == 0, done.stderr
     status = await stack.wait_settled(ref)
     assert status.stage("prod").status == "succeeded"

@@ -247,7 +247,7 @@ async def test_logs_into_a_pipe_closed_early_ends_quietly(stack: Stack) -> None:
         subprocess.run,
         ["bash", "-c", f"set -o pipefail; {command} 2>stderr.txt | head -n 2"],
         cwd=stack.root,
-        env=stack.env(PYTHONPATH=str(ROOT)),
+        env=stack.env(PYTHONPATH=str(ROOT), **stack.signed_in()),
         capture_output=True,
         text=True,
         timeout=120,

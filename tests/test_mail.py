@@ -87,48 +87,45 @@ def policy_and_state(
 # --- the commands --------------------------------------------------------------------
 
 
-def test_the_approve_command_names_the_release_the_stage_and_the_approver() -> None:
-    assert approve_command("webapp/7", "prod", "alice", post=False) == (
-        "stageflow approve webapp/7 prod --as alice"
-    )
+def test_the_approve_command_names_the_release_and_the_stage_but_no_one() -> None:
+    # Who approves is whoever runs it, signed in as themselves: no `--as` any more.
+    assert approve_command("webapp/7", "prod", post=False) == "stageflow approve webapp/7 prod"
 
 
 def test_the_post_deployment_approve_command_says_post() -> None:
-    assert approve_command("webapp/7", "prod", "alice", post=True) == (
-        "stageflow approve webapp/7 prod --post --as alice"
+    assert approve_command("webapp/7", "prod", post=True) == (
+        "stageflow approve webapp/7 prod --post"
     )
 
 
 def test_the_reject_command_asks_for_a_comment() -> None:
-    assert reject_command("webapp/7", "prod", "alice", post=False) == (
-        "stageflow reject webapp/7 prod --comment 'why' --as alice"
+    assert reject_command("webapp/7", "prod", post=False) == (
+        "stageflow reject webapp/7 prod --comment 'why'"
     )
-    assert reject_command("webapp/7", "prod", "alice", post=True) == (
-        "stageflow reject webapp/7 prod --post --comment 'why' --as alice"
+    assert reject_command("webapp/7", "prod", post=True) == (
+        "stageflow reject webapp/7 prod --post --comment 'why'"
     )
 
 
 def test_the_resume_command_goes_on_after_an_intervention() -> None:
-    assert resume_command("webapp/7", "prod", "alice") == (
-        "stageflow resume webapp/7 prod --as alice"
-    )
+    assert resume_command("webapp/7", "prod") == "stageflow resume webapp/7 prod"
 
 
 def test_commands_with_awkward_names_survive_being_pasted_into_a_shell() -> None:
-    user = "o'brien $(rm -rf ~)"
-    assert shlex.split(approve_command("webapp/7", "prod", user, post=True)) == [
-        "stageflow", "approve", "webapp/7", "prod", "--post", "--as", user,
+    stage = "o'brien $(rm -rf ~)"
+    assert shlex.split(approve_command("web app/7", stage, post=True)) == [
+        "stageflow", "approve", "web app/7", stage, "--post",
     ]  # fmt: skip
-    assert shlex.split(resume_command("webapp/7", "prod", user)) == [
-        "stageflow", "resume", "webapp/7", "prod", "--as", user,
+    assert shlex.split(resume_command("webapp/7", stage)) == [
+        "stageflow", "resume", "webapp/7", stage,
     ]  # fmt: skip
 
 
 def test_a_reject_comment_with_quotes_survives_being_pasted_into_a_shell() -> None:
     comment = "it's broken; see `logs` & $HOME"
-    command = reject_command("webapp/7", "prod", "alice", post=False, comment=comment)
+    command = reject_command("webapp/7", "prod", post=False, comment=comment)
     assert shlex.split(command) == [
-        "stageflow", "reject", "webapp/7", "prod", "--comment", comment, "--as", "alice",
+        "stageflow", "reject", "webapp/7", "prod", "--comment", comment,
     ]  # fmt: skip
 
 
@@ -199,8 +196,8 @@ def test_each_approver_gets_their_own_mail_with_their_own_command() -> None:
     bob = mails[1]
     assert bob.kind == "approval_pending"
     assert bob.stage == "prod" and bob.phase == "pre" and bob.attempt == 1
-    assert bob.command == "stageflow approve webapp/7 prod --as bob"
-    assert bob.reject_command == "stageflow reject webapp/7 prod --comment 'why' --as bob"
+    assert bob.command == "stageflow approve webapp/7 prod"
+    assert bob.reject_command == "stageflow reject webapp/7 prod --comment 'why'"
     assert bob.approvers == ["alice", "group:ops"]
     assert bob.deadline == NOW + timedelta(days=30)
     assert bob.release.pipeline == "webapp" and bob.release.number == 7
@@ -212,10 +209,8 @@ def test_post_deployment_approval_mails_carry_post_in_both_commands() -> None:
     policy, state = policy_and_state(release, "post")
     [alice] = approval_mails(release, "prod", 2, state, approvers_to_mail(policy, state))
     assert alice.phase == "post"
-    assert alice.command == "stageflow approve webapp/7 prod --post --as alice"
-    assert (
-        alice.reject_command == "stageflow reject webapp/7 prod --post --comment 'why' --as alice"
-    )
+    assert alice.command == "stageflow approve webapp/7 prod --post"
+    assert alice.reject_command == "stageflow reject webapp/7 prod --post --comment 'why'"
 
 
 def test_an_approver_without_an_address_gets_no_mail() -> None:
@@ -271,8 +266,8 @@ def test_each_intervention_decider_gets_a_resume_and_a_reject_command() -> None:
     assert [m.recipients[0].user for m in mails] == ["bob", "dave"]
     dave = mails[1]
     assert dave.kind == "intervention_pending"
-    assert dave.command == "stageflow resume webapp/7 prod --as dave"
-    assert dave.reject_command == "stageflow reject webapp/7 prod --comment 'why' --as dave"
+    assert dave.command == "stageflow resume webapp/7 prod"
+    assert dave.reject_command == "stageflow reject webapp/7 prod --comment 'why'"
     assert dave.instructions == "Open the shop and buy something."
     assert dave.approvers == ["group:ops"]
     assert dave.deadline == deadline

@@ -117,39 +117,35 @@ def approval_request(
         phase="pre",
         deadline=DEADLINE,
         approvers=["alice", "bob", "group:ops"],
-        command=approve_command("webapp/7", "prod", "alice", post=False),
-        reject_command=reject_command("webapp/7", "prod", "alice", post=False),
+        command=approve_command("webapp/7", "prod", post=False),
+        reject_command=reject_command("webapp/7", "prod", post=False),
     )
 
 
 # --- the commands ---------------------------------------------------------------------
 
 
-def test_commands_name_release_stage_phase_and_user() -> None:
-    assert approve_command("webapp/7", "prod", "alice", post=False) == (
-        "stageflow approve webapp/7 prod --as alice"
+def test_commands_name_release_stage_and_phase() -> None:
+    assert approve_command("webapp/7", "prod", post=False) == "stageflow approve webapp/7 prod"
+    assert approve_command("webapp/7", "prod", post=True) == (
+        "stageflow approve webapp/7 prod --post"
     )
-    assert approve_command("webapp/7", "prod", "alice", post=True) == (
-        "stageflow approve webapp/7 prod --post --as alice"
-    )
-    assert reject_command("webapp/7", "prod", "alice", post=False) == (
-        "stageflow reject webapp/7 prod --comment 'why' --as alice"
+    assert reject_command("webapp/7", "prod", post=False) == (
+        "stageflow reject webapp/7 prod --comment 'why'"
     )
 
 
-def test_commands_shell_quote_unsafe_user_names() -> None:
-    command = approve_command("webapp/7", "prod", "o'brien; rm -rf ~", post=True)
+def test_commands_shell_quote_unsafe_stage_names() -> None:
+    command = approve_command("webapp/7", "o'brien; rm -rf ~", post=True)
     assert shlex.split(command) == [
         "stageflow",
         "approve",
         "webapp/7",
-        "prod",
-        "--post",
-        "--as",
         "o'brien; rm -rf ~",
+        "--post",
     ]
-    words = shlex.split(reject_command("webapp/7", "prod", "a b", post=False, comment="it's late"))
-    assert words[-4:] == ["--comment", "it's late", "--as", "a b"]
+    words = shlex.split(reject_command("webapp/7", "prod", post=False, comment="it's late"))
+    assert words[-2:] == ["--comment", "it's late"]
 
 
 # --- through SMTP ---------------------------------------------------------------------
@@ -180,10 +176,10 @@ async def test_approval_mail_reaches_each_recipient_with_the_command_on_its_own_
 
     text = part(alice, "plain")
     lines = text.splitlines()
-    assert "stageflow approve webapp/7 prod --as alice" in lines
-    assert "stageflow reject webapp/7 prod --comment 'why' --as alice" in lines
+    assert "stageflow approve webapp/7 prod" in lines
+    assert "stageflow reject webapp/7 prod --comment 'why'" in lines
     command = next(line for line in lines if line.startswith("stageflow approve"))
-    assert shlex.split(command) == ["stageflow", "approve", "webapp/7", "prod", "--as", "alice"]
+    assert shlex.split(command) == ["stageflow", "approve", "webapp/7", "prod"]
     for fact in (
         "Release-7 (webapp/7)",
         "carol",
@@ -197,7 +193,7 @@ async def test_approval_mail_reaches_each_recipient_with_the_command_on_its_own_
     ):
         assert fact in text, fact
     html = part(alice, "html")
-    assert "stageflow approve webapp/7 prod --as alice" in html
+    assert "stageflow approve webapp/7 prod" in html
     assert "2026-12-01T03:00:00Z" in html
     assert f'href="{WEB_UI}/namespaces/default/workflows/release%2Fwebapp%2F7"' in html
 
@@ -245,8 +241,8 @@ async def test_intervention_mail_has_instructions_and_both_commands(
     smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     notifier = Notifier(smtp_server.settings, tmp_path / "outbox")
-    resume = "stageflow resume webapp/7 prod --as bob"
-    stop = "stageflow reject webapp/7 prod --comment 'why' --as bob"
+    resume = "stageflow resume webapp/7 prod"
+    stop = "stageflow reject webapp/7 prod --comment 'why'"
     request = NotificationRequest(
         kind="intervention_pending",
         recipients=[BOB],
@@ -271,7 +267,7 @@ async def test_intervention_mail_has_instructions_and_both_commands(
     assert stop in text.splitlines()
     html = part(message, "html")
     assert "Flip the load balancer to blue," in html
-    assert "stageflow resume webapp/7 prod --as bob" in html
+    assert "stageflow resume webapp/7 prod" in html
 
 
 async def test_unreachable_smtp_server_raises_so_the_activity_is_retried(tmp_path: Path) -> None:
@@ -359,4 +355,4 @@ async def test_without_smtp_host_mails_land_in_the_outbox_as_eml_files(tmp_path:
     assert alice["To"] == "alice@example.com"
     assert alice["Subject"] == "[Stageflow] Approve webapp Release-7 → prod (pre-deployment)"
     assert alice["Message-ID"]
-    assert "stageflow approve webapp/7 prod --as alice" in part(alice, "plain").splitlines()
+    assert "stageflow approve webapp/7 prod" in part(alice, "plain").splitlines()

@@ -190,7 +190,7 @@ async def test_reads_answer_from_the_record_within_a_second_with_the_worker_stop
 
     await wait_for(both_recorded, timeout=60, what="A waiting on alice and B done, recorded")
     # A decision in A's trail: bob is no approver of prod, and that is recorded too.
-    refused = await asyncio.to_thread(stack.cli, "--as", "bob", "approve", str(ref_a), "prod")
+    refused = await asyncio.to_thread(stack.cli, "approve", str(ref_a), "prod", user="bob")
     assert refused.returncode == 2 and "bob is not an approver" in refused.stderr, refused.stderr
     await wait_for(lambda: fully_recorded(stack, ref_a), what="A's whole trail recorded")
     await wait_for(lambda: fully_recorded(stack, ref_b), what="B's whole trail recorded")
@@ -305,7 +305,7 @@ async def test_release_deleted_from_temporal_still_shows_with_its_whole_trail(
 
     await wait_for(waiting_on_alice, what="prod waiting for alice, recorded")
     approved = await asyncio.to_thread(
-        stack.cli, "--as", "alice", "approve", str(ref), "prod", "--comment", "ship it"
+        stack.cli, "approve", str(ref), "prod", "--comment", "ship it", user="alice"
     )
     assert approved.returncode == 0, approved.stderr
     await stack.wait_settled(ref)

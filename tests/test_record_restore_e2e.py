@@ -66,7 +66,7 @@ async def test_a_release_the_record_lost_is_recorded_again_by_its_next_write(
     forget(stack, ref)
     assert await recorded(stack, ref) is None
 
-    approved = await asyncio.to_thread(stack.cli, "approve", str(ref), "prod", "--as", "alice")
+    approved = await asyncio.to_thread(stack.cli, "approve", str(ref), "prod", user="alice")
     assert approved.returncode == 0, approved.stderr
 
     async def back() -> ReleaseStatus | None:

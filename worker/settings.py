@@ -28,6 +28,7 @@ class Settings:
     address: str = DEFAULT_ADDRESS
     namespace: str = "default"
     data_dir: Path = field(default_factory=lambda: Path("~/.stageflow").expanduser())
+    # The OS user: the Temporal client identity of a process that gives no other.
     user: str = "unknown"
     task_queue: str = CONTROL_TASK_QUEUE
     api_key: str | None = None
@@ -57,7 +58,7 @@ class Settings:
             address=env.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS),
             namespace=env.get("TEMPORAL_NAMESPACE", "default"),
             data_dir=Path(env.get("STAGEFLOW_DATA_DIR", "~/.stageflow")).expanduser(),
-            user=env.get("STAGEFLOW_USER") or os_user,
+            user=os_user,
             task_queue=env.get("STAGEFLOW_TASK_QUEUE", CONTROL_TASK_QUEUE),
             api_key=env.get("TEMPORAL_API_KEY") or None,
             tls=env.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes")

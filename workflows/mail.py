@@ -23,25 +23,26 @@ from workflows.release import ReleaseSpec
 Kind = Literal["approval_pending", "intervention_pending", "outcome"]
 
 
-def approve_command(reference: str, stage: str, user: str, post: bool) -> str:
-    """The command that approves a pending approval, e.g.
-    `stageflow approve webapp/7 prod --as alice` (`--post` for post-deployment)."""
-    return _decision_command("approve", reference, stage, user, post)
+def approve_command(reference: str, stage: str, post: bool) -> str:
+    """The command that approves a pending approval, e.g. `stageflow approve webapp/7 prod`
+    (`--post` for post-deployment). Whoever runs it decides as the person they are
+    signed in as (`stageflow login`): the command names no one."""
+    return _decision_command("approve", reference, stage, post)
 
 
-def reject_command(reference: str, stage: str, user: str, post: bool, comment: str = "why") -> str:
+def reject_command(reference: str, stage: str, post: bool, comment: str = "why") -> str:
     """The command that rejects a pending approval or intervention, with a comment for the
-    reader to fill in, e.g. `stageflow reject webapp/7 prod --comment 'why' --as alice`."""
-    return _decision_command("reject", reference, stage, user, post, comment=comment)
+    reader to fill in, e.g. `stageflow reject webapp/7 prod --comment 'why'`."""
+    return _decision_command("reject", reference, stage, post, comment=comment)
 
 
-def resume_command(reference: str, stage: str, user: str) -> str:
+def resume_command(reference: str, stage: str) -> str:
     """The command that goes on after a manual intervention."""
-    return _decision_command("resume", reference, stage, user, post=False)
+    return _decision_command("resume", reference, stage, post=False)
 
 
 def _decision_command(
-    verb: str, reference: str, stage: str, user: str, post: bool, comment: str | None = None
+    verb: str, reference: str, stage: str, post: bool, comment: str | None = None
 ) -> str:
     # Everything a user or pipeline author named is shell-quoted, so the line can be
     # pasted into a shell as it is (quote leaves plain words such as webapp/7 alone).
@@ -51,7 +52,6 @@ def _decision_command(
     if comment is not None:
         # Always quoted, even a single word: it reads as text to replace.
         words += ["--comment", "'" + comment.replace("'", "'\"'\"'") + "'"]
-    words += ["--as", shlex.quote(user)]
     return " ".join(words)
 
 
@@ -96,7 +96,7 @@ def approvers_to_mail(policy: ApprovalPolicy, state: ApprovalState) -> list[str]
 def approval_mails(
     spec: ReleaseSpec, stage: str, attempt: int, state: ApprovalState, users: list[str]
 ) -> list[NotificationRequest]:
-    """One mail per approver: each carries that approver's own commands."""
+    """One mail per approver, with the commands that decide the approval."""
     post = state.phase == "post"
     return _one_each(
         spec,
@@ -104,12 +104,12 @@ def approval_mails(
         attempt,
         "approval_pending",
         users,
-        lambda user: {
+        lambda _user: {
             "phase": state.phase,
             "deadline": state.deadline,
             "approvers": state.approvers,
-            "command": approve_command(spec.reference, stage, user, post),
-            "reject_command": reject_command(spec.reference, stage, user, post),
+            "command": approve_command(spec.reference, stage, post),
+            "reject_command": reject_command(spec.reference, stage, post),
         },
     )
 
@@ -139,19 +139,19 @@ def intervention_mails(
     deadline: datetime,
     users: list[str],
 ) -> list[NotificationRequest]:
-    """One mail per person who may decide the intervention, with their commands."""
+    """One mail per person who may decide the intervention, with the commands that do."""
     return _one_each(
         spec,
         stage,
         attempt,
         "intervention_pending",
         users,
-        lambda user: {
+        lambda _user: {
             "deadline": deadline,
             "approvers": intervention.approvers,
-            "command": resume_command(spec.reference, stage, user),
+            "command": resume_command(spec.reference, stage),
             "instructions": intervention.instructions,
-            "reject_command": reject_command(spec.reference, stage, user, post=False),
+            "reject_command": reject_command(spec.reference, stage, post=False),
         },
     )
 

@@ -87,7 +87,7 @@ def create_app(
     client: Client | None = None,
 ) -> FastAPI:
     """The API for `settings`' record and Temporal; `oidc` None reads STAGEFLOW_OIDC_*."""
-    from starter.api import routes, routes_identity
+    from starter.api import routes, routes_identity, routes_logs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -127,6 +127,7 @@ def create_app(
     api = APIRouter(prefix=API, responses=PROBLEM_RESPONSES)
     routes.add_routes(api)
     routes_identity.add_identity_routes(api)
+    routes_logs.add_log_routes(api)
     app.include_router(api)
     return app
 

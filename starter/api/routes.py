@@ -28,7 +28,7 @@ from starter.api.access import Access, is_approver_anywhere
 from starter.api.app import AccessDep, PrincipalDep, Service, ServiceDep
 from starter.api.problems import Problem, not_found
 from starter.pipeline_loader import InvalidPipeline, load_pipeline
-from starter.reading import with_live_view
+from starter.reading import termination, with_live_view
 from starter.releases import ReleaseClosed, ReleaseNotFound, ReleaseRef, StageNotFound
 from workflows.audit import AuditEvent
 from workflows.pipeline import Stage
@@ -243,7 +243,15 @@ def add_routes(api: APIRouter) -> None:
         pipeline: str, number: int, svc: ServiceDep, can: AccessDep
     ) -> list[TrailEvent]:
         await _spec(svc, can, pipeline, number)
-        return await record.trail(svc.db, pipeline, number) or []
+        events = await record.trail(svc.db, pipeline, number) or []
+        # A release whose trail has no end may have been terminated in Temporal, which
+        # no workflow code could record: that, from Temporal, when it answers quickly.
+        ended = any(e.action in ("abandon", "close") and e.outcome == "accepted" for e in events)
+        if not ended:
+            terminated = await termination(svc.settings, ReleaseRef(pipeline, number))
+            if terminated is not None:
+                events.append(TrailEvent(**terminated.model_dump()))
+        return events
 
     @api.get("/approvals", tags=["approvals"], summary="everything waiting on a person")
     async def approvals(svc: ServiceDep, can: AccessDep, mine: bool = False) -> list[Waiting]:
