@@ -10,7 +10,7 @@ Each run times, in turn:
 - (c) the CLI as a user runs it: `stageflow approve PIPELINE/N dev`, spawn → exit (the
   verdict printed);
 - (d) the CLI's start-up apart: `python -m bench.cli_startup approve PIPELINE/N dev`
-  (spawn → imports, settings, client connected → exit), and `stageflow --help`.
+  (spawn → imports, credentials, the API reached → exit), and `stageflow --help`.
 
 Every target is idle and waiting for its decision when it is timed (the stage is
 `waiting_for_approval`, the bare workflow has finished its first workflow task), and what
@@ -44,7 +44,7 @@ from workflows.names import stage_workflow_id
 from workflows.release import StageStatus
 
 STAGE = "dev"
-APPROVER = "bench"  # the pipeline's approver, and the CLI's STAGEFLOW_USER (World.env)
+APPROVER = "bench"  # the pipeline's approver, and who the CLI signs in as (World.signed_in)
 CREATOR = "bench-creator"  # not the approver: a creator may not approve by default
 
 
@@ -111,6 +111,7 @@ class DecisionRoundTrip:
         self._made = 0
 
     async def figures(self) -> list[Figure]:
+        self.env = {**self.world.env(), **await self.world.signed_in(APPROVER)}
         await self.round()  # warm-up: the CLI's files in the page cache, decide's code paths
         rounds = [await self.round() for _ in range(self.bench.sizes.decision_runs)]
         measured = await self.mechanism([r.refs[0] for r in rounds])
@@ -258,10 +259,10 @@ class DecisionRoundTrip:
             ),
             Figure(
                 key="decision_cli_startup",
-                name="CLI start-up (spawn → client connected, exit)",
+                name="CLI start-up (spawn → the API reached, exit)",
                 unit="s",
                 stageflow=startup,
-                notes="bench/cli_startup.py: the CLI's imports, parsing, settings, connect",
+                notes="bench/cli_startup.py: the CLI's imports, parsing, credentials, GET /me",
             ),
             Figure(
                 key="decision_cli_help",

@@ -846,7 +846,6 @@ async def _stack_start(data_dir: Path, timeout: float) -> tuple[float, float]:
         "TEMPORAL_ADDRESS": address,
         "STAGEFLOW_DATA_DIR": str(data_dir),
         "STAGEFLOW_TASK_QUEUE": "stageflow",
-        "STAGEFLOW_USER": "bench",
     }
     started = time.monotonic()
     process = spawn_python(

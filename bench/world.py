@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -171,6 +172,9 @@ class World:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     server_seconds: float = 0.0
     retries: Counter[str] = field(default_factory=Counter)  # by create_persistently
+    # The API user commands go through (`signed_in`), and the people's tokens.
+    api_url: str | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def task_queue(self) -> str:
@@ -227,7 +231,6 @@ class World:
             TEMPORAL_NAMESPACE="default",
             STAGEFLOW_DATA_DIR=str(self.data_dir),
             STAGEFLOW_TASK_QUEUE=self.task_queue,
-            STAGEFLOW_USER="bench",
             PYTHONUNBUFFERED="1",
             PYTHONPATH=str(ROOT),
         )
@@ -266,6 +269,44 @@ class World:
         )
         await self.wait_for_poller(process, pool_queue(pool), ACTIVITY)
         return process
+
+    async def signed_in(self, user: str) -> dict[str, str]:
+        """The environment of a `stageflow` user command run by `user`: an API of this
+        world (`stageflow serve`, started by the first call) and a token of theirs."""
+        if self.api_url is None:
+            self.api_url = await self.start_api()
+        if user not in self.tokens:
+            self.tokens[user] = await self._token(user)
+        return {"STAGEFLOW_URL": self.api_url, "STAGEFLOW_TOKEN": self.tokens[user]}
+
+    async def start_api(self) -> str:
+        """`stageflow serve` on a free port; its URL once it listens."""
+        process = self.spawn(["-m", "starter.cli", "serve", "--port", "0"], "api")
+        log = self.root / "api.log"
+
+        async def listening() -> str | None:
+            if process.poll() is not None:
+                raise RuntimeError(f"stageflow serve exited with {process.returncode}; see {log}")
+            found = re.search(r"^API at (http://\S+)$", log.read_text(), re.MULTILINE)
+            return found.group(1) if found else None
+
+        url = await poll(listening, timeout=60)
+        if url is None:
+            raise TimeoutError(f"stageflow serve did not listen within 60 s; see {log}")
+        return url
+
+    async def _token(self, user: str) -> str:
+        """A person of the world's record (the API has migrated it) and a token of theirs."""
+        from activities.record import open_database
+        from activities.record.identity import add_user, create_token
+        from worker.settings import Settings
+
+        db = open_database(Settings.from_env(self.env()).record_url)
+        try:
+            made = await create_token(db, await add_user(db, user), name="bench")
+        finally:
+            await db.close()
+        return made.token.get_secret_value()
 
     async def start_bare_worker(self, queue: str | None = None) -> subprocess.Popen[bytes]:
         """The bare shape's worker process (workflows and activities)."""

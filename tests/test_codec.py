@@ -92,11 +92,12 @@ PIPELINE = """
 """
 
 
-async def sealed_release(stack: Stack) -> tuple[ReleaseRef, ReleaseStatus, Client]:
-    """A release created and run with STAGEFLOW_CODEC_KEY on the CLI, the control worker
-    and the agent; a client with the key watches it settle."""
+async def sealed_release(stack: Stack) -> tuple[ReleaseRef, ReleaseStatus, Client, str]:
+    """A release created and run with STAGEFLOW_CODEC_KEY on the API, the control worker
+    and the agent; a client with the key watches it settle. The URL of that API."""
     await stack.start_worker(STAGEFLOW_CODEC_KEY=KEY)
     await stack.start_agent("a1", STAGEFLOW_CODEC_KEY=KEY)
+    sealed_api = await asyncio.to_thread(stack.start_api, STAGEFLOW_CODEC_KEY=KEY)
     pipeline = stack.write_pipeline(PIPELINE.format(suffix=stack.suffix))
     created = await asyncio.to_thread(
         stack.cli,
@@ -106,7 +107,7 @@ async def sealed_release(stack: Stack) -> tuple[ReleaseRef, ReleaseStatus, Clien
         str(pipeline),
         "--description",
         f"described-{stack.suffix}",
-        STAGEFLOW_CODEC_KEY=KEY,
+        STAGEFLOW_URL=sealed_api,
     )
     assert created.returncode == 0, created.stderr
     ref = ReleaseRef(f"sealed-{stack.suffix}", 1)
@@ -116,14 +117,14 @@ async def sealed_release(stack: Stack) -> tuple[ReleaseRef, ReleaseStatus, Clien
         status = await release_status(client, ref)
         return status if settled(status) and status.stage("dev").attempts else None
 
-    return ref, await wait_for(done, timeout=60, what=f"{ref} to settle"), client
+    return ref, await wait_for(done, timeout=60, what=f"{ref} to settle"), client, sealed_api
 
 
 @pytest.mark.e2e
 async def test_a_release_with_a_codec_key_keeps_its_payloads_encrypted_in_temporal(
     stack: Stack,
 ) -> None:
-    ref, status, _ = await sealed_release(stack)
+    ref, status, _, sealed_api = await sealed_release(stack)
     assert status.stage("dev").status == StageStatus.SUCCEEDED
     assert "deploying to target-" in stack.log_text(status.stage("dev").latest.tasks[0].log)  # type: ignore[union-attr]
 
@@ -133,19 +134,20 @@ async def test_a_release_with_a_codec_key_keeps_its_payloads_encrypted_in_tempor
     for value in (f"target-{stack.suffix}-value", f"described-{stack.suffix}", "deploying"):
         assert value not in histories, f"{value} readable in a history"
 
-    # With the key, stageflow shows it all.
+    # Through an API with the key, stageflow shows it all.
     shown = await asyncio.to_thread(
-        stack.cli, "--json", "release", "show", str(ref), STAGEFLOW_CODEC_KEY=KEY
+        stack.cli, "--json", "release", "show", str(ref), STAGEFLOW_URL=sealed_api
     )
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["description"] == f"described-{stack.suffix}"
 
-    # Without it, what only Temporal answers (a live query) is one line saying what
-    # is missing; the record (Stageflow's own database) still reads.
+    # An API without it still reads the record (Stageflow's own database); what needs
+    # Temporal's answer is one line saying what is missing.
     recorded = await asyncio.to_thread(stack.cli, "--json", "release", "show", str(ref))
     assert recorded.returncode == 0, recorded.stderr
     assert json.loads(recorded.stdout)["description"] == f"described-{stack.suffix}"
-    blind = await asyncio.to_thread(stack.cli, "gates", str(ref), "dev")
+    pipeline = stack.root / "pipeline.yml"
+    blind = await asyncio.to_thread(stack.cli, "release", "create", str(pipeline))
     assert blind.returncode == 2
     assert "encrypted" in blind.stderr and "STAGEFLOW_CODEC_KEY" in blind.stderr
     assert len(blind.stderr.strip().splitlines()) == 1, blind.stderr
@@ -160,7 +162,7 @@ def sealed_input(history_json: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.e2e
 async def test_codec_server_opens_a_real_payload_for_the_web_ui_origin(stack: Stack) -> None:
-    ref, status, _ = await sealed_release(stack)
+    ref, status, _, _ = await sealed_release(stack)
     history = await stack.client.get_workflow_handle(ref.workflow_id).fetch_history()
     payload = sealed_input(history.to_json_dict())
     assert base64.b64decode(payload["metadata"]["encoding"]).decode() == ENCODING
