@@ -1,12 +1,14 @@
 """`make demo`: the local stack, one release of examples/webapp through dev → qa → prod.
 
-Starts `stageflow up` in the background, waits until the server answers and its
-agent polls the `linux` pool, creates a release with `--wait`, shows it, says
+Starts `stageflow up` in the background, waits until the server answers, its
+agent polls the `linux` pool and its API answers (the commands below go through
+it, signed in with the credentials `up` saves on a new data dir), creates a
+release with `--wait`, shows it, says
 where the files landed, then stops what it started. Every run makes the next
 release (Release-1, Release-2, ...); releases and files stay in the data dir.
 
-Settings: $STAGEFLOW_DEMO_PORT (default 7233; the Web UI is on port + 1000) and
-$STAGEFLOW_DATA_DIR (default ~/.stageflow). Exit code: the release's (0 when every
+Settings: $STAGEFLOW_DEMO_PORT (default 7233; the Web UI is on port + 1000),
+$STAGEFLOW_DEMO_API_PORT (default 8080) and $STAGEFLOW_DATA_DIR (default ~/.stageflow). Exit code: the release's (0 when every
 stage succeeded, 1 when one failed), 2 when the port is taken, 1 when the stack
 does not come up.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import httpx
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetSystemInfoRequest
@@ -48,14 +51,22 @@ CREATED = re.compile(r"^created (\S+) (.+) \((\S+/\d+)\)$")
 class DemoSettings:
     port: int
     data_dir: Path
+    api_port: int = 8080
 
     @classmethod
     def from_env(cls) -> DemoSettings:
-        text = os.environ.get("STAGEFLOW_DEMO_PORT", "7233")
-        if not text.isdigit() or not 0 < int(text) < 64536:
-            raise ValueError(f"STAGEFLOW_DEMO_PORT={text!r} is not a port (1-64535)")
+        ports = []
+        for name, default in (("STAGEFLOW_DEMO_PORT", "7233"), ("STAGEFLOW_DEMO_API_PORT", "8080")):
+            text = os.environ.get(name, default)
+            if not text.isdigit() or not 0 < int(text) < 64536:
+                raise ValueError(f"{name}={text!r} is not a port (1-64535)")
+            ports.append(int(text))
         data_dir = Path(os.environ.get("STAGEFLOW_DATA_DIR") or "~/.stageflow").expanduser()
-        return cls(port=int(text), data_dir=data_dir)
+        return cls(port=ports[0], data_dir=data_dir, api_port=ports[1])
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def address(self) -> str:
@@ -74,6 +85,8 @@ class DemoSettings:
             **os.environ,
             "TEMPORAL_ADDRESS": self.address,
             "STAGEFLOW_DATA_DIR": str(self.data_dir),
+            # The commands go through this stack's API, with the token saved for it.
+            "STAGEFLOW_URL": self.api_url,
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -104,11 +117,12 @@ def run() -> int:
     except ValueError as err:
         print(f"demo: {err}", file=sys.stderr)
         return 2
-    taken = [port for port in (settings.port, settings.port + 1000) if not _port_free(port)]
+    ports = (settings.port, settings.port + 1000, settings.api_port)
+    taken = [port for port in ports if not _port_free(port)]
     if taken:
         print(
             f"demo: port {taken[0]} on 127.0.0.1 is taken (is `stageflow up` already running?);"
-            " stop it or choose another port with STAGEFLOW_DEMO_PORT",
+            " stop it or choose other ports with STAGEFLOW_DEMO_PORT / STAGEFLOW_DEMO_API_PORT",
             file=sys.stderr,
         )
         return 2
@@ -155,7 +169,8 @@ def _start_up(settings: DemoSettings) -> subprocess.Popen[bytes]:
     """`stageflow up` in its own process group, so we can stop it and all it runs."""
     with open(settings.up_log, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "starter.cli", "up", "--port", str(settings.port)],
+            [sys.executable, "-m", "starter.cli", "up", "--port", str(settings.port)]
+            + ["--api-port", str(settings.api_port)],
             cwd=ROOT,
             env=settings.child_env(),
             stdin=subprocess.DEVNULL,
@@ -166,9 +181,11 @@ def _start_up(settings: DemoSettings) -> subprocess.Popen[bytes]:
 
 
 async def _wait_until_ready(settings: DemoSettings, up: subprocess.Popen[bytes]) -> None:
-    """Until the server answers and the stack's own agent polls the pool, with a deadline."""
+    """Until the server answers, the stack's own agent polls the pool and its API answers,
+    with a deadline."""
     deadline = time.monotonic() + STARTUP_SECONDS
     client: Client | None = None
+    polled = False
     while time.monotonic() < deadline:
         if up.poll() is not None:
             raise StackDidNotStart(f"`stageflow up` exited with code {up.returncode}")
@@ -177,13 +194,25 @@ async def _wait_until_ready(settings: DemoSettings, up: subprocess.Popen[bytes])
                 candidate = await asyncio.wait_for(Client.connect(settings.address), 5)
                 await candidate.workflow_service.get_system_info(GetSystemInfoRequest())
                 client = candidate
-            if await _agent_polls(client, up.pid):
+            polled = polled or await _agent_polls(client, up.pid)
+            if polled and await _api_answers(settings):
                 return
         except Exception:  # not up yet; try again until the deadline
             pass
         await asyncio.sleep(0.2)
-    waited_for = "the Temporal server" if client is None else f"an agent polling pool {POOL!r}"
+    waited_for = (
+        "the Temporal server"
+        if client is None
+        else f"an agent polling pool {POOL!r}"
+        if not polled
+        else f"the API at {settings.api_url}"
+    )
     raise StackDidNotStart(f"gave up after {STARTUP_SECONDS:.0f}s waiting for {waited_for}")
+
+
+async def _api_answers(settings: DemoSettings) -> bool:
+    async with httpx.AsyncClient(timeout=2) as http:
+        return (await http.get(f"{settings.api_url}/healthz")).status_code == 200
 
 
 async def _agent_polls(client: Client, pid: int) -> bool:
