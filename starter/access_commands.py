@@ -190,7 +190,7 @@ def _token_id_in_use() -> str | None:
         credentials = current_credentials()
     except CredentialsUnreadable:
         return None
-    parts = credentials.token.split("_") if credentials else []
+    parts = credentials.token.split("_", 2) if credentials else []
     return parts[1] if len(parts) == 3 and parts[0] == "sft" else None
 
 

@@ -284,11 +284,16 @@ class Stack:
         return {"STAGEFLOW_URL": self.api(), "STAGEFLOW_TOKEN": self.token(user)}
 
     def cli(
-        self, *args: str, user: str = TESTER, timeout: float = 120, **env: str
+        self,
+        *args: str,
+        user: str = TESTER,
+        timeout: float = 120,
+        input: str | None = None,
+        **env: str,
     ) -> subprocess.CompletedProcess[str]:
-        """Run `stageflow ARGS` as a user would, in this test's world. A user command
-        runs as `user`, signed in to this test's API (started on the first one), unless
-        `env` says STAGEFLOW_URL / STAGEFLOW_TOKEN itself."""
+        """Run `stageflow ARGS` as a user would, in this test's world, with `input` on
+        its stdin. A user command runs as `user`, signed in to this test's API (started
+        on the first one), unless `env` says STAGEFLOW_URL / STAGEFLOW_TOKEN itself."""
         if command_of(args) not in PROCESS_COMMANDS:
             if "STAGEFLOW_URL" not in env:
                 env["STAGEFLOW_URL"] = self.api()
@@ -298,7 +303,8 @@ class Stack:
             [sys.executable, "-m", "starter.cli", *args],
             cwd=self.root,
             env=self.env(PYTHONPATH=str(ROOT), **env),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
             capture_output=True,
             text=True,
             timeout=timeout,
