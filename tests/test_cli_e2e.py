@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -357,8 +358,40 @@ def test_cli_help_lists_every_command() -> None:
         "worker",
         "agent",
         "up",
+        "login",
+        "logout",
+        "whoami",
+        "token",
+        "access",
     ):
         assert command in result.stdout
+
+
+def test_user_commands_do_not_load_the_temporal_sdk() -> None:
+    """A user command is an HTTP client: it imports every command module it may run,
+    and not the Temporal SDK (the process commands do, when they run)."""
+    script = (
+        "import sys\n"
+        "from starter.cli import run\n"
+        "code = run(['release', 'list'])\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('temporalio', 'sqlalchemy'))\n"
+        "import starter.read_commands, starter.log_commands, starter.access_commands\n"
+        "print(code, loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "STAGEFLOW_URL": f"http://127.0.0.1:{free_port()}",
+            "STAGEFLOW_TOKEN": "sft_x_y",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.stdout == "2 []\n", result.stdout + result.stderr
+    assert "cannot reach the API" in result.stderr
 
 
 def test_pipeline_validate_reports_every_problem_with_line(tmp_path: Path) -> None:
