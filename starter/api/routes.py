@@ -293,54 +293,21 @@ def add_routes(api: APIRouter) -> None:
     async def approve(
         pipeline: str, number: int, stage: str, body: ApproveBody, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
-            return await actions.decide(
-                client,
-                ref,
-                stage,
-                can.principal.user,
-                "approve",
-                phase=body.phase,
-                comment=body.comment,
-                defer_until=body.defer_until,
-                request_id=request_id,
-            )
-
+        send = _decide(can, stage, "approve", body.phase, body.comment, body.defer_until)
         return await _decision(svc, can, pipeline, number, stage, "approve", body, send)
 
     @api.post("/releases/{pipeline}/{number}/stages/{stage}/reject", tags=["decisions"])
     async def reject(
         pipeline: str, number: int, stage: str, body: RejectBody, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
-            return await actions.decide(
-                client,
-                ref,
-                stage,
-                can.principal.user,
-                "reject",
-                phase=body.phase,
-                comment=body.comment,
-                request_id=request_id,
-            )
-
+        send = _decide(can, stage, "reject", body.phase, body.comment)
         return await _decision(svc, can, pipeline, number, stage, "reject", body, send)
 
     @api.post("/releases/{pipeline}/{number}/stages/{stage}/resume", tags=["decisions"])
     async def resume(
         pipeline: str, number: int, stage: str, body: ResumeBody, svc: ServiceDep, can: AccessDep
     ) -> Verdict:
-        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
-            return await actions.decide(
-                client,
-                ref,
-                stage,
-                can.principal.user,
-                "resume",
-                comment=body.comment,
-                request_id=request_id,
-            )
-
+        send = _decide(can, stage, "resume", "pre", body.comment)
         return await _decision(svc, can, pipeline, number, stage, "resume", body, send)
 
     @api.post("/releases/{pipeline}/{number}/stages/{stage}/deploy-now", tags=["decisions"])
@@ -392,6 +359,32 @@ def _add_deploy(api: APIRouter, name: str, redeploy: bool) -> None:
 
 
 Send = Callable[[Client, ReleaseRef, str], Awaitable[AuditEvent]]
+
+
+def _decide(
+    can: Access,
+    stage: str,
+    action: str,
+    phase: str,
+    comment: str,
+    defer_until: datetime | None = None,
+) -> Send:
+    """Sends approve, reject or resume on `stage` as the authenticated person."""
+
+    async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+        return await actions.decide(
+            client,
+            ref,
+            stage,
+            can.principal.user,
+            action,
+            phase=phase,
+            comment=comment,
+            defer_until=defer_until,
+            request_id=request_id,
+        )
+
+    return send
 
 
 async def _decision(
