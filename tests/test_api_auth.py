@@ -504,12 +504,6 @@ async def test_an_approval_counts_for_the_tokens_user_whoever_the_request_names(
     assert (approval.status, approval.waiting_for) == ("pending", ["bob"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="request ids are not scoped to their person: bob sending alice's request id "
-    "is answered 200 with alice's approval as his verdict (his own is never counted), and "
-    "the trail then says alice approved with bob's token",
-)
 async def test_another_persons_request_id_does_not_make_their_decision_yours(
     world: World,
 ) -> None:

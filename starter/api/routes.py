@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from temporalio.client import Client
 
 from activities import record
-from activities.record import Waiting, record_request, request_answered
+from activities.record import Waiting, record_request, request_answered, sender_of
 from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
 from starter import releases as actions
 from starter.api.access import Access, is_approver_anywhere
@@ -427,12 +427,14 @@ async def _act(
     }
     try:
         await check()
+        await _own_request_id(svc, who.user, body.request_id)
     except Problem as problem:
-        if problem.status == 403:
+        if problem.status in (403, 409):
+            # Kept without the id of a request that is not theirs: an id names one request.
             await record_request(
                 svc.db,
                 **kept,
-                request_id=body.request_id,
+                request_id=body.request_id if problem.status == 403 else None,
                 outcome="forbidden",
                 detail=problem.detail,
             )
@@ -490,6 +492,21 @@ async def _stage(
         raise not_found(
             f"release {pipeline}/{number} has no stage {stage!r} (stages: {names})"
         ) from None
+
+
+async def _own_request_id(svc: Service, user: str, request_id: str | None) -> None:
+    """A request id names one person's request: sent again by its sender it gets the first
+    answer; sent by anyone else it is refused, or they would be answered with (and the
+    trail would credit them with) another person's decision."""
+    if request_id is None:
+        return
+    sender = await sender_of(svc.db, request_id)
+    if sender is not None and sender != user:
+        raise Problem(
+            409,
+            "Request id in use",
+            f"request id {request_id!r} is another person's request: send a new one",
+        )
 
 
 async def _verdict(sent: Any) -> Verdict:
