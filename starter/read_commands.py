@@ -87,7 +87,8 @@ async def history(settings: Settings, args: argparse.Namespace, ref: ReleaseRef)
     if terminated is not None:
         events.append(TrailEvent(**terminated.model_dump()))
     if args.json:
-        print(json.dumps([event.model_dump(mode="json") for event in events]))
+        # `via` only where a request came through the API (the shape is otherwise as before).
+        print(json.dumps([_event_json(event) for event in events]))
     else:
         render.console().print(render.history_table(events))
     return Exit.OK
@@ -206,3 +207,7 @@ def _deployment(deployed: Deployed) -> Text:
     if deployed.attempt > 1:
         text.append(f" (attempt {deployed.attempt})", style="dim")
     return text
+
+
+def _event_json(event: TrailEvent) -> dict[str, object]:
+    return event.model_dump(mode="json", exclude={"via"} if event.via is None else None)

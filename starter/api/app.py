@@ -41,6 +41,7 @@ class Service:
     _client: Client | None = None
     _connecting: asyncio.Lock = field(default_factory=asyncio.Lock)
     http: httpx.AsyncClient | None = None
+    _connect: asyncio.Task[None] | None = None
 
     async def client(self) -> Client:
         """The Temporal client, connected on first use (reads never need it)."""
@@ -57,6 +58,19 @@ class Service:
                         f"cannot reach Temporal at {self.settings.address}: {err}",
                     ) from None
             return self._client
+
+    def connected(self) -> Client | None:
+        """The Temporal client if it is connected; else None, and it connects in the
+        background (a read's live view must not wait the connect timeout for it)."""
+        if self._client is None and (self._connect is None or self._connect.done()):
+            self._connect = asyncio.create_task(self._connect_quietly())
+        return self._client
+
+    async def _connect_quietly(self) -> None:
+        try:
+            await self.client()
+        except Problem:
+            pass  # the next read tries again
 
 
 def service(request: Request) -> Service:

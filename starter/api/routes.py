@@ -233,7 +233,7 @@ def add_routes(api: APIRouter) -> None:
         status = await record.release(svc.db, pipeline, number)
         if status is None:
             raise not_found(f"release {pipeline}/{number} not found")
-        unavailable = await with_live_view(svc.settings, status)
+        unavailable = await with_live_view(svc.settings, status, svc.connected())
         return ReleaseView(
             **status.model_dump(), live=unavailable is None, live_unavailable=unavailable
         )
