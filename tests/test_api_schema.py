@@ -32,7 +32,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
 
 from activities.record import default_database_url, open_database, record_request, upgrade
@@ -187,47 +186,6 @@ def with_taken_request_id(case: Any) -> Any:
     return case
 
 
-# Known bugs of the server, each let pass for just the requests or answers it concerns,
-# every other check still run on them; remove each with its fix.
-#
-# Bug: a release number the record's integer column cannot hold (PostgreSQL INTEGER: over
-# 2**31-1, SQLite: over 2**63-1) goes to the database as it is, which raises (a 500 from a
-# real server; in-process, the exception itself): the schema bounds no `{number}`.
-RECORD_INTEGER = {"sqlite": 2**63 - 1, "postgresql": 2**31 - 1}
-
-
-def overflows_the_record(world: World, case: Any, error: Exception) -> bool:
-    number = (case.path_parameters or {}).get("number")
-    limit = RECORD_INTEGER[world.database]
-    too_big = type(number) is int and not -limit - 1 <= number <= limit
-    return too_big and (isinstance(error, OverflowError) or "out of int32 range" in str(error))
-
-
-# Bug: on PostgreSQL, a NUL character in a string the API looks up or keeps (a pipeline
-# in the path or a query, `?user=`, a token's id or name, a user's email) goes to the
-# database, which refuses it ("invalid byte sequence for encoding UTF8: 0x00"): a 500.
-# SQLite takes it.
-def nul_refused_by_postgresql(world: World, case: Any, error: Exception) -> bool:
-    return world.database == "postgresql" and "0x00" in str(error)
-
-
-RAISED_BY_KNOWN_BUGS = (overflows_the_record, nul_refused_by_postgresql)
-
-
-def checks_failed_by_known_bugs(case: Any, response: schemathesis.Response) -> list[Any]:
-    """The checks a known bug of the server fails, for just the answers it gives."""
-    # Bug: a body that is not JSON at all is answered 400 "There was an error parsing the
-    # body" (FastAPI's own error, title "Error"), a status the schema does not document:
-    # PROBLEM_RESPONSES lists 401, 403, 404, 422. Every operation with a JSON body.
-    if response.status_code == 400 and "error parsing the body" in response.text:
-        return [status_code_conformance]
-    # Bug: the actions answer 409 (another person's request id; and, from the code, a
-    # refused decision or a closed release), which their schema does not document.
-    if response.status_code == 409 and "{number}" in case.operation.path:
-        return [status_code_conformance]
-    return []
-
-
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_every_answer_is_documented_and_none_is_a_server_error(
     world: World, method: str, path: str
@@ -241,13 +199,6 @@ def test_every_answer_is_documented_and_none_is_a_server_error(
     )
     @given(case=cases(world, method, path))
     def answer_matches_schema(case: Any) -> None:
-        try:
-            response = case.call()
-        except (OverflowError, DBAPIError) as error:
-            if any(bug(world, case, error) for bug in RAISED_BY_KNOWN_BUGS):
-                return
-            raise
-        excluded = checks_failed_by_known_bugs(case, response)
-        case.validate_response(response, checks=CHECKS, excluded_checks=excluded)
+        case.validate_response(case.call(), checks=CHECKS)
 
     answer_matches_schema()

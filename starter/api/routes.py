@@ -26,7 +26,17 @@ from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
 from starter import releases as actions
 from starter.api.access import Access, is_approver_anywhere
 from starter.api.app import AccessDep, PrincipalDep, Service, ServiceDep
-from starter.api.problems import Problem, not_found
+from starter.api.params import (
+    TEXT_PATTERN,
+    Name,
+    NameQuery,
+    PipelineName,
+    ReleaseNumber,
+    StageName,
+    Text,
+    WordQuery,
+)
+from starter.api.problems import ACTION_RESPONSES, Problem, not_found
 from starter.pipeline_loader import InvalidPipeline, load_pipeline
 from starter.reading import with_live_view
 from starter.releases import ReleaseClosed, ReleaseNotFound, ReleaseRef, StageNotFound
@@ -34,7 +44,6 @@ from workflows.audit import AuditEvent
 from workflows.pipeline import Stage
 from workflows.release import ReleaseSpec, ReleaseStatus
 
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f]+$")]
 RequestId = Annotated[
     str | None,
     Field(
@@ -78,22 +87,22 @@ class Action(BaseModel):
 
 
 class AbandonBody(Action):
-    reason: str = Field("", max_length=2000)
+    reason: Text = ""
 
 
 class ApproveBody(Action):
     phase: Literal["pre", "post"] = "pre"
-    comment: str = Field("", max_length=2000)
+    comment: Text = ""
     defer_until: datetime | None = None
 
 
 class RejectBody(Action):
     phase: Literal["pre", "post"] = "pre"
-    comment: str = Field(min_length=1, max_length=2000, description="why")
+    comment: Annotated[Text, Field(min_length=1, description="why")]
 
 
 class ResumeBody(Action):
-    comment: str = Field("", max_length=2000)
+    comment: Text = ""
 
 
 class IgnoreGateBody(Action):
@@ -103,12 +112,15 @@ class IgnoreGateBody(Action):
 
 class CreateBody(Action):
     file: str = Field(
-        min_length=1, max_length=4096, description="the pipeline YAML, a path on the server"
+        min_length=1,
+        max_length=4096,
+        pattern=TEXT_PATTERN,
+        description="the pipeline YAML, a path on the server",
     )
-    artifacts: dict[Name, Annotated[str, Field(max_length=200)]] = {}
-    variables: dict[Name, Annotated[str, Field(max_length=10_000)]] = {}
+    artifacts: dict[Name, Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f]*$")]] = {}
+    variables: dict[Name, Annotated[str, Field(max_length=10_000, pattern=TEXT_PATTERN)]] = {}
     until: Name | None = None
-    description: str = Field("", max_length=2000)
+    description: Text = ""
 
 
 class Created(BaseModel):
@@ -119,7 +131,9 @@ class Created(BaseModel):
 
 
 class ValidateBody(BaseModel):
-    file: str = Field(min_length=1, max_length=4096, description="a path on the server")
+    file: str = Field(
+        min_length=1, max_length=4096, pattern=TEXT_PATTERN, description="a path on the server"
+    )
 
 
 class Validated(BaseModel):
@@ -152,7 +166,9 @@ def add_routes(api: APIRouter) -> None:
     @api.get(
         "/pipelines/{pipeline}/revisions", tags=["pipelines"], summary="its definition's history"
     )
-    async def revisions(pipeline: str, svc: ServiceDep, can: AccessDep) -> list[RecordedRevision]:
+    async def revisions(
+        pipeline: PipelineName, svc: ServiceDep, can: AccessDep
+    ) -> list[RecordedRevision]:
         await can.view(pipeline)
         return await record.revisions(svc.db, pipeline)
 
@@ -162,7 +178,7 @@ def add_routes(api: APIRouter) -> None:
         summary="what is deployed on each stage, and the newest releases",
     )
     async def status(
-        pipeline: str,
+        pipeline: PipelineName,
         svc: ServiceDep,
         can: AccessDep,
         releases: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -176,10 +192,10 @@ def add_routes(api: APIRouter) -> None:
     async def list_releases(
         svc: ServiceDep,
         can: AccessDep,
-        pipeline: Annotated[str | None, Query(max_length=200)] = None,
-        status: Annotated[str | None, Query(max_length=40)] = None,
-        stage_status: Annotated[str | None, Query(max_length=40)] = None,
-        created_by: Annotated[str | None, Query(max_length=200)] = None,
+        pipeline: NameQuery = None,
+        status: WordQuery = None,
+        stage_status: WordQuery = None,
+        created_by: NameQuery = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     ) -> Page:
@@ -228,7 +244,9 @@ def add_routes(api: APIRouter) -> None:
         )
 
     @api.get("/releases/{pipeline}/{number}", tags=["releases"], summary="one release")
-    async def show(pipeline: str, number: int, svc: ServiceDep, can: AccessDep) -> ReleaseView:
+    async def show(
+        pipeline: PipelineName, number: ReleaseNumber, svc: ServiceDep, can: AccessDep
+    ) -> ReleaseView:
         await _spec(svc, can, pipeline, number)
         status = await record.release(svc.db, pipeline, number)
         if status is None:
@@ -240,7 +258,7 @@ def add_routes(api: APIRouter) -> None:
 
     @api.get("/releases/{pipeline}/{number}/history", tags=["releases"], summary="its audit trail")
     async def history(
-        pipeline: str, number: int, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName, number: ReleaseNumber, svc: ServiceDep, can: AccessDep
     ) -> list[TrailEvent]:
         await _spec(svc, can, pipeline, number)
         return await record.trail(svc.db, pipeline, number) or []
@@ -254,9 +272,13 @@ def add_routes(api: APIRouter) -> None:
 
     # --- actions -----------------------------------------------------------------
 
-    @api.post("/releases/{pipeline}/{number}/abandon", tags=["actions"])
+    @api.post("/releases/{pipeline}/{number}/abandon", tags=["actions"], responses=ACTION_RESPONSES)
     async def abandon(
-        pipeline: str, number: int, body: AbandonBody, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        body: AbandonBody,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         async def check() -> None:
             await _spec(svc, can, pipeline, number)
@@ -274,9 +296,18 @@ def add_routes(api: APIRouter) -> None:
     for name, redeploy in (("deploy", False), ("redeploy", True)):
         _add_deploy(api, name, redeploy)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/cancel", tags=["actions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/cancel",
+        tags=["actions"],
+        responses=ACTION_RESPONSES,
+    )
     async def cancel(
-        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: Action,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         async def check() -> None:
             await _stage(svc, can, pipeline, number, stage)
@@ -289,41 +320,81 @@ def add_routes(api: APIRouter) -> None:
             svc, can, ReleaseRef(pipeline, number), stage, "cancel", body, check, send
         )
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/approve", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/approve",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def approve(
-        pipeline: str, number: int, stage: str, body: ApproveBody, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: ApproveBody,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         send = _decide(can, stage, "approve", body.phase, body.comment, body.defer_until)
         return await _decision(svc, can, pipeline, number, stage, "approve", body, send)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/reject", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/reject",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def reject(
-        pipeline: str, number: int, stage: str, body: RejectBody, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: RejectBody,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         send = _decide(can, stage, "reject", body.phase, body.comment)
         return await _decision(svc, can, pipeline, number, stage, "reject", body, send)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/resume", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/resume",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def resume(
-        pipeline: str, number: int, stage: str, body: ResumeBody, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: ResumeBody,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         send = _decide(can, stage, "resume", "pre", body.comment)
         return await _decision(svc, can, pipeline, number, stage, "resume", body, send)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/deploy-now", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/deploy-now",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def deploy_now(
-        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: Action,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
             return await actions.deploy_now(client, ref, stage, can.principal.user, request_id)
 
         return await _decision(svc, can, pipeline, number, stage, "deploy_now", body, send)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/ignore-gate", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/ignore-gate",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def ignore_gate(
-        pipeline: str,
-        number: int,
-        stage: str,
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
         body: IgnoreGateBody,
         svc: ServiceDep,
         can: AccessDep,
@@ -340,11 +411,17 @@ def _add_deploy(api: APIRouter, name: str, redeploy: bool) -> None:
     @api.post(
         f"/releases/{{pipeline}}/{{number}}/stages/{{stage}}/{name}",
         tags=["actions"],
+        responses=ACTION_RESPONSES,
         name=name,
         summary=f"{name} a stage of a release",
     )
     async def deploy(
-        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: Action,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         async def check() -> None:
             await _stage(svc, can, pipeline, number, stage)
