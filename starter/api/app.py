@@ -127,8 +127,9 @@ def create_app(
         title="Stageflow",
         version="1",
         summary="Releases through stages, on Temporal",
-        openapi_url=f"{API}/openapi.json",
-        docs_url=f"{API}/docs",
+        # Served below, to a signed-in person: /healthz is the only anonymous route.
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -137,6 +138,10 @@ def create_app(
     @app.get("/healthz", tags=["service"], summary="the server is up (no credentials)")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(f"{API}/openapi.json", include_in_schema=False)
+    async def openapi(_who: PrincipalDep) -> dict[str, Any]:
+        return app.openapi()
 
     api = APIRouter(prefix=API, responses=PROBLEM_RESPONSES)
     routes.add_routes(api)
