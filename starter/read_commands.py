@@ -79,7 +79,8 @@ def history(api: Api, args: argparse.Namespace) -> int:
     ref = release_ref(args.release)
     events: list[dict[str, Any]] = api.get(release_path(ref, "history"))
     if args.json:
-        print(json.dumps(events))
+        # `via` only where a request came through the API (the shape is otherwise as before).
+        print(json.dumps([_event_json(event) for event in events]))
     else:
         render.console().print(render.history_table([TrailEvent(**e) for e in events]))
     return Exit.OK
@@ -198,3 +199,7 @@ def _iso(text: str | None) -> str | None:
     """An API time as Python writes it (`+00:00`, not `Z`), as this command always has."""
     moment = _time(text)
     return moment.isoformat() if moment else None
+
+
+def _event_json(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != "via" or v is not None}

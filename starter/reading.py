@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.record import Database, open_database, safe_url
@@ -68,26 +69,31 @@ async def reading(settings: Settings) -> AsyncIterator[Database | None]:
         await db.close()
 
 
-async def with_live_view(settings: Settings, status: ReleaseStatus) -> str | None:
+async def with_live_view(
+    settings: Settings, status: ReleaseStatus, client: Client | None = None
+) -> str | None:
     """Bring a recorded release up to what Temporal says now: a release workflow ended
     from outside Stageflow (terminated, timed out) shows so, and each running stage's
     latest attempt is replaced by what its StageWorkflow says. None when that worked
     (or nothing runs); else why the live view is unavailable (the recorded state stays).
-    All of it within LIVE_BUDGET."""
+    All of it within LIVE_BUDGET, through `client` when given (a server keeps one)."""
     if status.state != "active":
         return None
     try:
-        return await asyncio.wait_for(_live_view(settings, status), LIVE_BUDGET)
+        return await asyncio.wait_for(_live_view(settings, status, client), LIVE_BUDGET)
     except TimeoutError:
         return f"Temporal did not answer within {LIVE_BUDGET:g} s"
 
 
-async def _live_view(settings: Settings, status: ReleaseStatus) -> str | None:
+async def _live_view(
+    settings: Settings, status: ReleaseStatus, client: Client | None
+) -> str | None:
     ref = ReleaseRef(status.pipeline, status.number)
-    try:
-        client = await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT)
-    except (TimeoutError, RuntimeError, RPCError, OSError):
-        return f"the Temporal server at {settings.address} did not answer"
+    if client is None:
+        try:
+            client = await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT)
+        except (TimeoutError, RuntimeError, RPCError, OSError):
+            return f"the Temporal server at {settings.address} did not answer"
     try:
         how = await ended_from_outside(client, ref, rpc_timeout=LIVE_TIMEOUT)
     except RPCError as err:

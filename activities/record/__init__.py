@@ -31,7 +31,7 @@ from activities.record.queries import (
     status_matrix,
     trail,
 )
-from activities.record.requests import ApiRequestRow, record_request, request_answered
+from activities.record.requests import ApiRequestRow, record_request, request_answered, sender_of
 from activities.record.views import (
     Deployed,
     RecordedRevision,
@@ -55,6 +55,7 @@ __all__ = [
     "ApiRequestRow",
     "record_request",
     "request_answered",
+    "sender_of",
     "Database",
     "Deployed",
     "User",

@@ -96,6 +96,19 @@ async def request_answered(db: Database, row_id: int, outcome: str, detail: str 
         )
 
 
+async def sender_of(db: Database, request_id: str) -> str | None:
+    """Who sent the request of this id (through the API), if anyone did."""
+    async with db.reading() as session:
+        return (
+            await session.execute(
+                select(ApiRequestRow.actor)
+                .where(ApiRequestRow.request_id == request_id, ApiRequestRow.outcome != "forbidden")
+                .order_by(ApiRequestRow.id)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+
 async def requests_of(db: Database, release_id: int) -> list[ApiRequestRow]:
     async with db.reading() as session:
         found = await session.execute(

@@ -7,8 +7,8 @@ deploys, redeploys and cancels stages, `admin` also grants roles. A stage with
 deploy it, not the pipeline's releasers.
 
 Approvers are not roles: the pipeline names them. A person it names as an
-approver of any stage (directly, through one of its `groups:`, or as an
-identity-provider group `group:oidc:<name>`) may view the pipeline and send
+approver of any stage (directly, or through one of its `groups:`) may view the
+pipeline and send
 decisions on the stages they approve; whether a decision counts is the
 workflow's rule (workflows/who_may.py), always for the authenticated user.
 """
@@ -36,19 +36,8 @@ def deciders_of(spec: ReleaseSpec, stage: Stage) -> set[str]:
     return set(deciders.of(_entries_of(stage))) | set(deciders.of([]))
 
 
-def _named_groups(stage: Stage) -> set[str]:
-    """Identity-provider groups the stage names as approvers (`group:oidc:…` → `oidc:…`)."""
-    return {
-        entry.removeprefix("group:")
-        for entry in _entries_of(stage)
-        if entry.startswith("group:oidc:")
-    }
-
-
 def is_decider(principal: Principal, spec: ReleaseSpec, stage: Stage) -> bool:
-    return principal.user in deciders_of(spec, stage) or bool(
-        _named_groups(stage) & set(principal.groups)
-    )
+    return principal.user in deciders_of(spec, stage)
 
 
 def is_approver_anywhere(principal: Principal, spec: ReleaseSpec) -> bool:

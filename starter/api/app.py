@@ -41,6 +41,7 @@ class Service:
     _client: Client | None = None
     _connecting: asyncio.Lock = field(default_factory=asyncio.Lock)
     http: httpx.AsyncClient | None = None
+    _connect: asyncio.Task[None] | None = None
 
     async def client(self) -> Client:
         """The Temporal client, connected on first use (reads never need it)."""
@@ -57,6 +58,19 @@ class Service:
                         f"cannot reach Temporal at {self.settings.address}: {err}",
                     ) from None
             return self._client
+
+    def connected(self) -> Client | None:
+        """The Temporal client if it is connected; else None, and it connects in the
+        background (a read's live view must not wait the connect timeout for it)."""
+        if self._client is None and (self._connect is None or self._connect.done()):
+            self._connect = asyncio.create_task(self._connect_quietly())
+        return self._client
+
+    async def _connect_quietly(self) -> None:
+        try:
+            await self.client()
+        except Problem:
+            pass  # the next read tries again
 
 
 def service(request: Request) -> Service:
@@ -113,8 +127,9 @@ def create_app(
         title="Stageflow",
         version="1",
         summary="Releases through stages, on Temporal",
-        openapi_url=f"{API}/openapi.json",
-        docs_url=f"{API}/docs",
+        # Served below, to a signed-in person: /healthz is the only anonymous route.
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -123,6 +138,10 @@ def create_app(
     @app.get("/healthz", tags=["service"], summary="the server is up (no credentials)")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(f"{API}/openapi.json", include_in_schema=False)
+    async def openapi(_who: PrincipalDep) -> dict[str, Any]:
+        return app.openapi()
 
     api = APIRouter(prefix=API, responses=PROBLEM_RESPONSES)
     routes.add_routes(api)

@@ -54,12 +54,10 @@ class Authenticator:
         person = await get_user(self.db, identity.user)
         if person is not None and person.disabled_at is not None:
             raise unauthorized(f"{identity.user} is disabled")
-        return Principal(
-            user=identity.user,
-            groups=identity.groups,
-            via=f"oidc {identity.issuer}",
-            is_admin=person is not None and person.is_admin,
-        )
+        # Never admin through a local user's flag: the name comes from a claim the
+        # identity provider may let people choose. Admins of OIDC people are granted
+        # (`access grant user:NAME admin --pipeline '*'`, or to one of their groups).
+        return Principal(user=identity.user, groups=identity.groups, via=f"oidc {identity.issuer}")
 
     async def _personal_token(self, presented: str) -> Principal:
         found = await authenticate(self.db, presented)

@@ -100,7 +100,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        titles = {404: "Not Found", 405: "Method Not Allowed", 401: "Unauthorized"}
+        titles = {
+            400: "Bad Request",
+            401: "Unauthorized",
+            404: "Not Found",
+            405: "Method Not Allowed",
+        }
         return problem_response(
             Problem(error.status_code, titles.get(error.status_code, "Error"), str(error.detail))
         )
@@ -110,9 +115,21 @@ def install(app: FastAPI) -> None:
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ProblemDetails, "content": {PROBLEM_JSON: {}}, "description": text}
     for status, text in (
+        (400, "the body is not JSON"),
         (401, "no valid credentials"),
         (403, "the person may not do this"),
         (404, "no such pipeline, release or stage"),
         (422, "invalid input; each field by its path"),
     )
+}
+
+# Documented on the actions too: what a refusal by the workflow (or a request id that
+# is another person's, or a release that has closed) looks like.
+ACTION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ProblemDetails,
+        "content": {PROBLEM_JSON: {}},
+        "description": "refused: by the workflow (its event in `refused`), a closed "
+        "release, or a request id another person sent",
+    }
 }

@@ -21,12 +21,22 @@ from pydantic import BaseModel, Field
 from temporalio.client import Client
 
 from activities import record
-from activities.record import Waiting, record_request, request_answered
+from activities.record import Waiting, record_request, request_answered, sender_of
 from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
 from starter import releases as actions
 from starter.api.access import Access, is_approver_anywhere
 from starter.api.app import AccessDep, PrincipalDep, Service, ServiceDep
-from starter.api.problems import Problem, not_found
+from starter.api.params import (
+    TEXT_PATTERN,
+    Name,
+    NameQuery,
+    PipelineName,
+    ReleaseNumber,
+    StageName,
+    Text,
+    WordQuery,
+)
+from starter.api.problems import ACTION_RESPONSES, Problem, not_found
 from starter.pipeline_loader import InvalidPipeline, load_pipeline
 from starter.reading import termination, with_live_view
 from starter.releases import ReleaseClosed, ReleaseNotFound, ReleaseRef, StageNotFound
@@ -34,7 +44,6 @@ from workflows.audit import AuditEvent
 from workflows.pipeline import Stage
 from workflows.release import ReleaseSpec, ReleaseStatus
 
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f]+$")]
 RequestId = Annotated[
     str | None,
     Field(
@@ -78,22 +87,22 @@ class Action(BaseModel):
 
 
 class AbandonBody(Action):
-    reason: str = Field("", max_length=2000)
+    reason: Text = ""
 
 
 class ApproveBody(Action):
     phase: Literal["pre", "post"] = "pre"
-    comment: str = Field("", max_length=2000)
+    comment: Text = ""
     defer_until: datetime | None = None
 
 
 class RejectBody(Action):
     phase: Literal["pre", "post"] = "pre"
-    comment: str = Field(min_length=1, max_length=2000, description="why")
+    comment: Annotated[Text, Field(min_length=1, description="why")]
 
 
 class ResumeBody(Action):
-    comment: str = Field("", max_length=2000)
+    comment: Text = ""
 
 
 class IgnoreGateBody(Action):
@@ -103,12 +112,15 @@ class IgnoreGateBody(Action):
 
 class CreateBody(Action):
     file: str = Field(
-        min_length=1, max_length=4096, description="the pipeline YAML, a path on the server"
+        min_length=1,
+        max_length=4096,
+        pattern=TEXT_PATTERN,
+        description="the pipeline YAML, a path on the server",
     )
-    artifacts: dict[Name, Annotated[str, Field(max_length=200)]] = {}
-    variables: dict[Name, Annotated[str, Field(max_length=10_000)]] = {}
+    artifacts: dict[Name, Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f]*$")]] = {}
+    variables: dict[Name, Annotated[str, Field(max_length=10_000, pattern=TEXT_PATTERN)]] = {}
     until: Name | None = None
-    description: str = Field("", max_length=2000)
+    description: Text = ""
 
 
 class Created(BaseModel):
@@ -119,7 +131,9 @@ class Created(BaseModel):
 
 
 class ValidateBody(BaseModel):
-    file: str = Field(min_length=1, max_length=4096, description="a path on the server")
+    file: str = Field(
+        min_length=1, max_length=4096, pattern=TEXT_PATTERN, description="a path on the server"
+    )
 
 
 class Validated(BaseModel):
@@ -152,7 +166,9 @@ def add_routes(api: APIRouter) -> None:
     @api.get(
         "/pipelines/{pipeline}/revisions", tags=["pipelines"], summary="its definition's history"
     )
-    async def revisions(pipeline: str, svc: ServiceDep, can: AccessDep) -> list[RecordedRevision]:
+    async def revisions(
+        pipeline: PipelineName, svc: ServiceDep, can: AccessDep
+    ) -> list[RecordedRevision]:
         await can.view(pipeline)
         return await record.revisions(svc.db, pipeline)
 
@@ -162,7 +178,7 @@ def add_routes(api: APIRouter) -> None:
         summary="what is deployed on each stage, and the newest releases",
     )
     async def status(
-        pipeline: str,
+        pipeline: PipelineName,
         svc: ServiceDep,
         can: AccessDep,
         releases: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -176,10 +192,10 @@ def add_routes(api: APIRouter) -> None:
     async def list_releases(
         svc: ServiceDep,
         can: AccessDep,
-        pipeline: Annotated[str | None, Query(max_length=200)] = None,
-        status: Annotated[str | None, Query(max_length=40)] = None,
-        stage_status: Annotated[str | None, Query(max_length=40)] = None,
-        created_by: Annotated[str | None, Query(max_length=200)] = None,
+        pipeline: NameQuery = None,
+        status: WordQuery = None,
+        stage_status: WordQuery = None,
+        created_by: NameQuery = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     ) -> Page:
@@ -228,19 +244,21 @@ def add_routes(api: APIRouter) -> None:
         )
 
     @api.get("/releases/{pipeline}/{number}", tags=["releases"], summary="one release")
-    async def show(pipeline: str, number: int, svc: ServiceDep, can: AccessDep) -> ReleaseView:
+    async def show(
+        pipeline: PipelineName, number: ReleaseNumber, svc: ServiceDep, can: AccessDep
+    ) -> ReleaseView:
         await _spec(svc, can, pipeline, number)
         status = await record.release(svc.db, pipeline, number)
         if status is None:
             raise not_found(f"release {pipeline}/{number} not found")
-        unavailable = await with_live_view(svc.settings, status)
+        unavailable = await with_live_view(svc.settings, status, svc.connected())
         return ReleaseView(
             **status.model_dump(), live=unavailable is None, live_unavailable=unavailable
         )
 
     @api.get("/releases/{pipeline}/{number}/history", tags=["releases"], summary="its audit trail")
     async def history(
-        pipeline: str, number: int, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName, number: ReleaseNumber, svc: ServiceDep, can: AccessDep
     ) -> list[TrailEvent]:
         await _spec(svc, can, pipeline, number)
         events = await record.trail(svc.db, pipeline, number) or []
@@ -262,9 +280,13 @@ def add_routes(api: APIRouter) -> None:
 
     # --- actions -----------------------------------------------------------------
 
-    @api.post("/releases/{pipeline}/{number}/abandon", tags=["actions"])
+    @api.post("/releases/{pipeline}/{number}/abandon", tags=["actions"], responses=ACTION_RESPONSES)
     async def abandon(
-        pipeline: str, number: int, body: AbandonBody, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        body: AbandonBody,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         async def check() -> None:
             await _spec(svc, can, pipeline, number)
@@ -282,9 +304,18 @@ def add_routes(api: APIRouter) -> None:
     for name, redeploy in (("deploy", False), ("redeploy", True)):
         _add_deploy(api, name, redeploy)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/cancel", tags=["actions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/cancel",
+        tags=["actions"],
+        responses=ACTION_RESPONSES,
+    )
     async def cancel(
-        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: Action,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         async def check() -> None:
             await _stage(svc, can, pipeline, number, stage)
@@ -297,74 +328,81 @@ def add_routes(api: APIRouter) -> None:
             svc, can, ReleaseRef(pipeline, number), stage, "cancel", body, check, send
         )
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/approve", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/approve",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def approve(
-        pipeline: str, number: int, stage: str, body: ApproveBody, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: ApproveBody,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
-        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
-            return await actions.decide(
-                client,
-                ref,
-                stage,
-                can.principal.user,
-                "approve",
-                phase=body.phase,
-                comment=body.comment,
-                defer_until=body.defer_until,
-                request_id=request_id,
-            )
-
+        send = _decide(can, stage, "approve", body.phase, body.comment, body.defer_until)
         return await _decision(svc, can, pipeline, number, stage, "approve", body, send)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/reject", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/reject",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def reject(
-        pipeline: str, number: int, stage: str, body: RejectBody, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: RejectBody,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
-        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
-            return await actions.decide(
-                client,
-                ref,
-                stage,
-                can.principal.user,
-                "reject",
-                phase=body.phase,
-                comment=body.comment,
-                request_id=request_id,
-            )
-
+        send = _decide(can, stage, "reject", body.phase, body.comment)
         return await _decision(svc, can, pipeline, number, stage, "reject", body, send)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/resume", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/resume",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def resume(
-        pipeline: str, number: int, stage: str, body: ResumeBody, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: ResumeBody,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
-        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
-            return await actions.decide(
-                client,
-                ref,
-                stage,
-                can.principal.user,
-                "resume",
-                comment=body.comment,
-                request_id=request_id,
-            )
-
+        send = _decide(can, stage, "resume", "pre", body.comment)
         return await _decision(svc, can, pipeline, number, stage, "resume", body, send)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/deploy-now", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/deploy-now",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def deploy_now(
-        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: Action,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
             return await actions.deploy_now(client, ref, stage, can.principal.user, request_id)
 
         return await _decision(svc, can, pipeline, number, stage, "deploy_now", body, send)
 
-    @api.post("/releases/{pipeline}/{number}/stages/{stage}/ignore-gate", tags=["decisions"])
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/ignore-gate",
+        tags=["decisions"],
+        responses=ACTION_RESPONSES,
+    )
     async def ignore_gate(
-        pipeline: str,
-        number: int,
-        stage: str,
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
         body: IgnoreGateBody,
         svc: ServiceDep,
         can: AccessDep,
@@ -381,11 +419,17 @@ def _add_deploy(api: APIRouter, name: str, redeploy: bool) -> None:
     @api.post(
         f"/releases/{{pipeline}}/{{number}}/stages/{{stage}}/{name}",
         tags=["actions"],
+        responses=ACTION_RESPONSES,
         name=name,
         summary=f"{name} a stage of a release",
     )
     async def deploy(
-        pipeline: str, number: int, stage: str, body: Action, svc: ServiceDep, can: AccessDep
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: Action,
+        svc: ServiceDep,
+        can: AccessDep,
     ) -> Verdict:
         async def check() -> None:
             await _stage(svc, can, pipeline, number, stage)
@@ -400,6 +444,32 @@ def _add_deploy(api: APIRouter, name: str, redeploy: bool) -> None:
 
 
 Send = Callable[[Client, ReleaseRef, str], Awaitable[AuditEvent]]
+
+
+def _decide(
+    can: Access,
+    stage: str,
+    action: str,
+    phase: str,
+    comment: str,
+    defer_until: datetime | None = None,
+) -> Send:
+    """Sends approve, reject or resume on `stage` as the authenticated person."""
+
+    async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+        return await actions.decide(
+            client,
+            ref,
+            stage,
+            can.principal.user,
+            action,
+            phase=phase,
+            comment=comment,
+            defer_until=defer_until,
+            request_id=request_id,
+        )
+
+    return send
 
 
 async def _decision(
@@ -442,12 +512,14 @@ async def _act(
     }
     try:
         await check()
+        await _own_request_id(svc, who.user, body.request_id)
     except Problem as problem:
-        if problem.status == 403:
+        if problem.status in (403, 409):
+            # Kept without the id of a request that is not theirs: an id names one request.
             await record_request(
                 svc.db,
                 **kept,
-                request_id=body.request_id,
+                request_id=body.request_id if problem.status == 403 else None,
                 outcome="forbidden",
                 detail=problem.detail,
             )
@@ -505,6 +577,21 @@ async def _stage(
         raise not_found(
             f"release {pipeline}/{number} has no stage {stage!r} (stages: {names})"
         ) from None
+
+
+async def _own_request_id(svc: Service, user: str, request_id: str | None) -> None:
+    """A request id names one person's request: sent again by its sender it gets the first
+    answer; sent by anyone else it is refused, or they would be answered with (and the
+    trail would credit them with) another person's decision."""
+    if request_id is None:
+        return
+    sender = await sender_of(svc.db, request_id)
+    if sender is not None and sender != user:
+        raise Problem(
+            409,
+            "Request id in use",
+            f"request id {request_id!r} is another person's request: send a new one",
+        )
 
 
 async def _verdict(sent: Any) -> Verdict:

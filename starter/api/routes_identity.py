@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from activities.record.identity import (
@@ -44,12 +44,13 @@ from activities.record.identity import (
 )
 from starter.api.app import AccessDep, PrincipalDep, ServiceDep
 from starter.api.auth import Principal
+from starter.api.params import NAME_PATTERN, TEXT_PATTERN, NameQuery
 from starter.api.problems import PROBLEM_JSON, Problem, ProblemDetails, forbidden, not_found
 from workflows.pipeline import Duration
 
 NOT_IN_RECORD = "personal tokens are for people in the record; sign in with your identity provider"
 FIRST_TOKEN = "first token"
-TokenId = Annotated[str, Path(min_length=1, max_length=64)]
+TokenId = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 NAME_TAKEN: dict[int | str, dict[str, Any]] = {
     409: {
         "model": ProblemDetails,
@@ -62,7 +63,7 @@ NAME_TAKEN: dict[int | str, dict[str, Any]] = {
 class TokenBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("", max_length=200, description="your label for it")
+    name: str = Field("", max_length=200, pattern=TEXT_PATTERN, description="your label for it")
     expires_in: Duration | None = Field(
         None, description="how long it is valid (90d, 12h); null: until revoked"
     )
@@ -105,10 +106,17 @@ class GrantBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pipeline: str = Field(
-        min_length=1, max_length=200, description="a pipeline's name; '*': every pipeline"
+        min_length=1,
+        max_length=200,
+        pattern=NAME_PATTERN,
+        description="a pipeline's name; '*': every pipeline",
     )
     stage: str | None = Field(
-        None, min_length=1, max_length=200, description="null: the whole pipeline"
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=NAME_PATTERN,
+        description="null: the whole pipeline",
     )
     subject: str = Field(
         max_length=200,
@@ -129,8 +137,8 @@ class UserBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The record checks the rest of a name (printable, no spaces) and says so as 422.
-    name: str = Field(min_length=1, max_length=200)
-    email: str | None = Field(None, max_length=320)
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    email: str | None = Field(None, max_length=320, pattern=NAME_PATTERN)
     admin: bool = Field(False, description="admin on every pipeline, and of people")
 
 
@@ -150,7 +158,7 @@ def add_identity_routes(api: APIRouter) -> None:
     async def tokens(
         svc: ServiceDep,
         who: PrincipalDep,
-        user: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        user: NameQuery = None,
     ) -> list[ApiToken]:
         """The caller's tokens, revoked and expired ones included; an admin of Stageflow
         may name another person's (`?user=`), to find the one to revoke. A person
@@ -213,7 +221,7 @@ def add_identity_routes(api: APIRouter) -> None:
     async def grants(
         svc: ServiceDep,
         can: AccessDep,
-        pipeline: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        pipeline: NameQuery = None,
     ) -> list[Grant]:
         """A pipeline's grants, those on every pipeline ('*') included, for its viewers.
         Without `?pipeline=`, every grant, for those who may view every pipeline."""

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
 from activities import record
 from activities.log_store import DirectoryLogStore, read_log
 from starter.api.access import Access
 from starter.api.app import AccessDep, Service, ServiceDep
+from starter.api.params import NameQuery, PipelineName, ReleaseNumber, StageName
 from starter.api.problems import not_found
 from starter.api.routes import _spec
 from starter.logs import (
@@ -37,9 +38,14 @@ from workflows.release import ReleaseStatus, TaskStatus
 
 TEXT = "text/plain; charset=utf-8"
 Attempt = Annotated[int | None, Query(ge=1, le=100_000, description="default: the latest")]
+# A task is named NAME or JOB/NAME; a log by its key in the log store (a relative path).
+TASK_PATTERN = r"^[^\x00-\x1f]+$"
 TaskName = Annotated[
-    str | None, Query(min_length=1, max_length=400, description="NAME or JOB/NAME")
+    str | None,
+    Query(min_length=1, max_length=400, pattern=TASK_PATTERN, description="NAME or JOB/NAME"),
 ]
+LogKey = Annotated[str, Path(min_length=1, max_length=1000, pattern=TASK_PATTERN)]
+Offset = Annotated[int, Query(ge=0, le=2**53, description="from this byte on (a line start)")]
 TEXT_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {TEXT: {}}, "description": "the log's lines"}
 }
@@ -54,11 +60,11 @@ def add_log_routes(api: APIRouter) -> None:
         summary="the tasks of a release's deployments and the logs of their tries",
     )
     async def logs(
-        pipeline: str,
-        number: int,
+        pipeline: PipelineName,
+        number: ReleaseNumber,
         svc: ServiceDep,
         can: AccessDep,
-        stage: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        stage: NameQuery = None,
         task: TaskName = None,
         attempt: Attempt = None,
     ) -> list[TaskLogs]:
@@ -79,12 +85,12 @@ def add_log_routes(api: APIRouter) -> None:
         summary="one log's lines, each with the time it was written",
     )
     async def log_text(
-        pipeline: str,
-        number: int,
-        key: str,
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        key: LogKey,
         svc: ServiceDep,
         can: AccessDep,
-        offset: Annotated[int, Query(ge=0, description="from this byte on (a line start)")] = 0,
+        offset: Offset = 0,
         timestamps: bool = True,
     ) -> StreamingResponse:
         """The log under `key` (from the listing), a line each, prefixed with the UTC
@@ -109,12 +115,17 @@ def add_log_routes(api: APIRouter) -> None:
         summary="a running task's log, streamed as it is written until the task ends",
     )
     async def follow_task(
-        pipeline: str,
-        number: int,
-        stage: str,
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
         svc: ServiceDep,
         can: AccessDep,
-        task: Annotated[str, Query(min_length=1, max_length=400, description="NAME or JOB/NAME")],
+        task: Annotated[
+            str,
+            Query(
+                min_length=1, max_length=400, pattern=TASK_PATTERN, description="NAME or JOB/NAME"
+            ),
+        ],
         attempt: Attempt = None,
     ) -> StreamingResponse:
         """The task's log as its agent writes it (whole lines, no timestamps), until
@@ -149,7 +160,7 @@ async def _release(svc: Service, can: Access, pipeline: str, number: int) -> Rel
     status = await record.release(svc.db, pipeline, number)
     if status is None:
         raise not_found(f"release {pipeline}/{number} not found")
-    await with_live_view(svc.settings, status)
+    await with_live_view(svc.settings, status, svc.connected())
     return status
 
 
