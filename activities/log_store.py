@@ -1,7 +1,8 @@
 """The log store: where task logs are kept by key, and reading a log back.
 
 Neutral ground between the agent, which writes logs (`activities/logs.py`), and
-the CLI, which reads them (`starter/logs.py`): neither needs the other's insides.
+the API, which reads them for `stageflow logs` (`starter/logs.py`): neither needs
+the other's insides.
 
 A log is two files:
 

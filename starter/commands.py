@@ -140,15 +140,32 @@ def _first_look(api: Api, ref: ReleaseRef) -> ReleaseStatus:
 
 
 def settled(status: ReleaseStatus) -> bool:
-    """No stage is queued or in progress, and the release has begun what it starts by
-    itself: a stage triggered by the release itself has an attempt (or the release
-    ended). Stages that wait for a person (manual, or past `--until`) count as settled."""
+    """No stage is queued or in progress, and none is due that the release starts by
+    itself (the record may show a stage's end a moment before what follows it starts).
+    Stages that wait for a person (manual, or past `--until`) count as settled."""
     if any(v.status != StageStatus.NOT_DEPLOYED and not v.status.is_final for v in status.stages):
         return False
-    if status.state != "active":
-        return True
-    automatic = [v for v in status.stages if v.trigger == "after release"]
-    return not automatic or any(v.attempts for v in status.stages)
+    return status.state != "active" or not _due(status)
+
+
+def _due(status: ReleaseStatus) -> list[str]:
+    """The stages the release will start without a person but has not yet: `after
+    release` ones, and `after X, Y` ones whose stages have all succeeded; none past
+    `--until`."""
+    names = [view.name for view in status.stages]
+    reach = names.index(status.until) + 1 if status.until in names else len(names)
+    succeeded = {v.name for v in status.stages if v.status == StageStatus.SUCCEEDED}
+    due = []
+    for view in status.stages[:reach]:
+        if view.attempts:
+            continue
+        if view.trigger == "after release" and "release" not in names:
+            due.append(view.name)  # (a stage named `release` makes it `after_stages`)
+        elif view.trigger.startswith("after "):
+            needed = view.trigger.removeprefix("after ").split(", ")
+            if set(needed) <= succeeded:
+                due.append(view.name)
+    return due
 
 
 def _progress(status: ReleaseStatus) -> Group:

@@ -142,6 +142,8 @@ class Stack:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # The API of this test (`stageflow serve`), started by its first user command.
     api_url: str | None = None
+    # Every API server the test started, by URL.
+    apis: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     _people: threading.Lock = field(default_factory=threading.Lock)
 
@@ -238,13 +240,14 @@ class Stack:
     def start_api(self, **env: str) -> str:
         """Start one more API server on a free port (`stageflow serve --port 0`) with
         `env` on top of the stack's, on the same record; its URL once it listens."""
-        name = f"api-{len([p for p in self.processes if 'serve' in p.args])}"
+        name = f"api-{len(self.apis)}"
         process = self.spawn(["serve", "--port", "0"], name, **env)
         log = self.root / f"{name}.log"
         deadline = time.monotonic() + API_SECONDS
         while True:
             found = re.search(r"^API at (http://\S+)$", log.read_text(), re.MULTILINE)
             if found:
+                self.apis[found.group(1)] = process
                 return found.group(1)
             if time.monotonic() > deadline:
                 raise AssertionError(

@@ -146,6 +146,7 @@ class World:
             number=self.ref.number,
             stage=stage,
             token_id=self.tokens["alice"].split("_")[1],
+            key=f"{self.ref.pipeline}/{self.ref.number}/dev/1/job/01-build.log",
         )
 
     def body_for(self, schema: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any] | None:
