@@ -564,6 +564,8 @@ class Soak:
         """What `stageflow logs P/N` prints for each release, as a person would see it."""
         limit = asyncio.Semaphore(4)
         printed: dict[int, str] = {}
+        # Through an API of the soak's own, started now (after the kills), as an admin.
+        env = {**world.env(), **await world.signed_in("soak")}
 
         async def one(number: int) -> None:
             async with limit:
@@ -575,7 +577,7 @@ class Soak:
                     f"{pipeline.name}/{number}",
                     "--no-timestamps",
                     cwd=world.root,
-                    env=world.env(),
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,

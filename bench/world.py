@@ -296,14 +296,16 @@ class World:
         return url
 
     async def _token(self, user: str) -> str:
-        """A person of the world's record (the API has migrated it) and a token of theirs."""
+        """A person of the world's record (the API has migrated it), an admin of Stageflow
+        (who may read everything; decisions still count only where a pipeline names
+        them), and a token of theirs."""
         from activities.record import open_database
         from activities.record.identity import add_user, create_token
         from worker.settings import Settings
 
         db = open_database(Settings.from_env(self.env()).record_url)
         try:
-            made = await create_token(db, await add_user(db, user), name="bench")
+            made = await create_token(db, await add_user(db, user, admin=True), name="bench")
         finally:
             await db.close()
         return made.token.get_secret_value()

@@ -145,6 +145,8 @@ class Stack:
     # Every API server the test started, by URL.
     apis: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    # Another test's stack whose API and people this one uses (the `refusing` fixture).
+    shared: Stack | None = None
     _people: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -232,6 +234,8 @@ class Stack:
 
     def api(self) -> str:
         """The URL of this test's API server, started the first time it is asked for."""
+        if self.shared is not None:
+            return self.shared.api()
         with self._people:
             if self.api_url is None:
                 self.api_url = self.start_api()
@@ -263,6 +267,8 @@ class Stack:
         """A token of `user`, a person of the record made on first use (an admin of
         Stageflow unless `admin` is False: then they may do only what they are granted,
         or decide what a pipeline names them for)."""
+        if self.shared is not None:
+            return self.shared.token(user, admin)
         with self._people:
             if user not in self.tokens:
                 self.tokens[user] = run_coroutine(self._person(user, admin))
@@ -356,6 +362,29 @@ async def stack(client: Client, dev_server: str, tmp_path: Path) -> AsyncIterato
         yield world
     finally:
         world.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_stack(
+    client: Client, dev_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A stack for a whole module, whose API the `refusing` fixture shares."""
+    world = Stack(client=client, address=dev_server, root=tmp_path_factory.mktemp("module"))
+    try:
+        yield world
+    finally:
+        world.stop_all()
+
+
+@pytest.fixture
+def refusing(module_stack: Stack, tmp_path: Path) -> Stack:
+    """A stack of the test's own (its suffix, its files) whose user commands go to the
+    module's one API, as its people: for tests that start no workflow (an API takes
+    seconds to start; refusing bad input, milliseconds). Its task queue is not the API's,
+    so nothing it creates would run."""
+    return Stack(
+        client=module_stack.client, address=module_stack.address, root=tmp_path, shared=module_stack
+    )
 
 
 @pytest.fixture

@@ -45,7 +45,9 @@ def stage_yaml(tasks: str = "[{name: t, script: 'true'}]") -> str:
 
 
 async def refused(stack: Stack, *args: str) -> str:
-    """Run `stageflow ARGS`; it must exit 2 within QUICK seconds with one line on stderr."""
+    """Run `stageflow ARGS`; it must exit 2 within QUICK seconds with one line on stderr
+    (the API it goes through started and the person made before the clock starts)."""
+    await asyncio.to_thread(stack.signed_in)
     started = time.monotonic()
     result = await asyncio.to_thread(stack.cli, *args, timeout=120)
     took = time.monotonic() - started
@@ -83,15 +85,15 @@ async def never_started(client: Client, pipeline: str) -> None:
     ],
 )
 async def test_a_name_with_dot_dot_a_slash_or_a_leading_dot_is_refused(
-    stack: Stack, name: str, body: str, field: str
+    refusing: Stack, name: str, body: str, field: str
 ) -> None:
-    name = name.format(suffix=stack.suffix)
-    pipeline = stack.write_pipeline(f"name: {name}\n{body}")
+    name = name.format(suffix=refusing.suffix)
+    pipeline = refusing.write_pipeline(f"name: {name}\n{body}")
 
-    line = await refused(stack, "release", "create", str(pipeline))
+    line = await refused(refusing, "release", "create", str(pipeline))
 
     assert field in line and "is not a valid name" in line and "'..'" in line
-    await never_started(stack.client, name)
+    await never_started(refusing.client, name)
 
 
 async def test_a_task_name_with_dots_runs_and_its_log_reads(stack: Stack) -> None:
@@ -136,17 +138,19 @@ SETTABLE = """
     ],
 )
 async def test_a_release_time_variable_the_pipeline_does_not_declare_settable_is_refused(
-    stack: Stack, var: str, message: str
+    refusing: Stack, var: str, message: str
 ) -> None:
-    marker = stack.root / "evil-ran"
-    evil = stack.root / "evil.sh"
+    marker = refusing.root / "evil-ran"
+    evil = refusing.root / "evil.sh"
     evil.write_text(f"touch {marker}\n")
-    pipeline = stack.write_pipeline(SETTABLE.format(suffix=stack.suffix, marker=marker))
+    pipeline = refusing.write_pipeline(SETTABLE.format(suffix=refusing.suffix, marker=marker))
 
-    line = await refused(stack, "release", "create", str(pipeline), "--var", var.format(evil=evil))
+    line = await refused(
+        refusing, "release", "create", str(pipeline), "--var", var.format(evil=evil)
+    )
 
     assert line.startswith(f"error: {message}"), line
-    await never_started(stack.client, f"vars-{stack.suffix}")
+    await never_started(refusing.client, f"vars-{refusing.suffix}")
     assert not marker.exists()
 
 
@@ -166,19 +170,19 @@ async def test_a_variable_declared_settable_takes_its_release_time_value(stack: 
     assert "version=2.0 mode=fast" in logs.stdout
 
 
-async def test_a_pipeline_variable_read_at_start_is_refused_at_its_line(stack: Stack) -> None:
-    name = f"envvar-{stack.suffix}"
-    pipeline = stack.write_pipeline(
+async def test_a_pipeline_variable_read_at_start_is_refused_at_its_line(refusing: Stack) -> None:
+    name = f"envvar-{refusing.suffix}"
+    pipeline = refusing.write_pipeline(
         f"name: {name}\nvariables: {{BASH_ENV: /tmp/x}}\n{stage_yaml()}"
     )
 
-    line = await refused(stack, "release", "create", str(pipeline))
+    line = await refused(refusing, "release", "create", str(pipeline))
 
     assert line == (
         f"error: {pipeline}:2: variables.BASH_ENV: BASH_ENV is read by the task's shell"
         " at start: not allowed as a variable"
     )
-    await never_started(stack.client, name)
+    await never_started(refusing.client, name)
 
 
 # --- release names ------------------------------------------------------------------------
@@ -192,17 +196,17 @@ async def test_a_pipeline_variable_read_at_start_is_refused_at_its_line(stack: S
     ],
 )
 async def test_a_release_name_format_that_renders_badly_is_refused(
-    stack: Stack, release_name_format: str, message: str
+    refusing: Stack, release_name_format: str, message: str
 ) -> None:
-    name = f"names-{stack.suffix}"
-    pipeline = stack.write_pipeline(
+    name = f"names-{refusing.suffix}"
+    pipeline = refusing.write_pipeline(
         f'name: {name}\nrelease_name_format: "{release_name_format}"\n{stage_yaml()}'
     )
 
-    line = await refused(stack, "release", "create", str(pipeline))
+    line = await refused(refusing, "release", "create", str(pipeline))
 
     assert line.startswith(f"error: {pipeline}:2: release_name_format: {message}"), line
-    await never_started(stack.client, name)
+    await never_started(refusing.client, name)
 
 
 async def test_a_mail_that_cannot_be_built_fails_once_and_the_deployment_goes_on(
@@ -303,75 +307,75 @@ async def test_a_mail_with_a_line_break_in_a_header_is_not_retried(tmp_path: Pat
 # --- size and depth ---------------------------------------------------------------------------
 
 
-async def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(stack: Stack) -> None:
-    pipeline = stack.write_pipeline("name: x\nstages: " + "[" * 20_000 + "\n")
+async def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(refusing: Stack) -> None:
+    pipeline = refusing.write_pipeline("name: x\nstages: " + "[" * 20_000 + "\n")
 
-    line = await refused(stack, "release", "create", str(pipeline))
+    line = await refused(refusing, "release", "create", str(pipeline))
 
     assert line.startswith(f"error: {pipeline}:2: invalid YAML: ")
 
 
 async def test_a_five_megabyte_pipeline_of_ten_thousand_stages_is_refused_by_its_size(
-    stack: Stack,
+    refusing: Stack,
 ) -> None:
-    name = f"big-{stack.suffix}"
+    name = f"big-{refusing.suffix}"
     script = "echo " + "x" * 480
     stages = "".join(
         f"  - name: s{index}\n    pool: POOL\n    tasks: [{{name: t, script: '{script}'}}]\n"
         for index in range(10_000)
     )
-    pipeline = stack.write_pipeline(f"name: {name}\nstages:\n{stages}")
+    pipeline = refusing.write_pipeline(f"name: {name}\nstages:\n{stages}")
 
-    line = await refused(stack, "release", "create", str(pipeline))
+    line = await refused(refusing, "release", "create", str(pipeline))
 
     size = pipeline.stat().st_size / 1024 / 1024
     assert line == (
         f"error: {pipeline}: the file is {size:.1f} MB: a pipeline file is at most 1.0 MB"
     )
-    await never_started(stack.client, name)
+    await never_started(refusing.client, name)
 
 
 async def test_ten_thousand_stages_in_a_small_file_are_refused_by_the_payload_limit(
-    stack: Stack,
+    refusing: Stack,
 ) -> None:
-    name = f"many-{stack.suffix}"
+    name = f"many-{refusing.suffix}"
     stages = "".join(
         f"  - {{name: s{index}, pool: POOL, tasks: [{{name: t, script: x}}]}}\n"
         for index in range(10_000)
     )
-    pipeline = stack.write_pipeline(f"name: {name}\nstages:\n{stages}")
-    valid = await asyncio.to_thread(stack.cli, "pipeline", "validate", str(pipeline))
+    pipeline = refusing.write_pipeline(f"name: {name}\nstages:\n{stages}")
+    valid = await asyncio.to_thread(refusing.cli, "pipeline", "validate", str(pipeline))
     assert valid.returncode == 0, valid.stderr
 
-    line = await refused(stack, "release", "create", str(pipeline))
+    line = await refused(refusing, "release", "create", str(pipeline))
 
     assert re.match(r"error: the release request is 4\.\d MB, more than Temporal's 2\.0 MB", line)
     assert re.search(r"stages in the pipeline file is 4\.\d MB \(10,000 entries\)$", line)
-    await never_started(stack.client, name)
+    await never_started(refusing.client, name)
 
 
 async def test_a_two_and_a_half_megabyte_variable_is_refused_before_anything_is_sent(
-    stack: Stack,
+    refusing: Stack,
 ) -> None:
-    name = f"bigvar-{stack.suffix}"
-    direct = stack.write_pipeline(
+    name = f"bigvar-{refusing.suffix}"
+    direct = refusing.write_pipeline(
         f"name: {name}\nvariables:\n  BIG: {'y' * 2_500_000}\n{stage_yaml()}", "direct.yml"
     )
     # Under the file limit, aliases repeat one 0.9 MB value three times in the request.
-    aliased = stack.write_pipeline(
+    aliased = refusing.write_pipeline(
         f"name: {name}\nvariables:\n  A: &big {'y' * 900_000}\n  B: *big\n  C: *big\n"
         + stage_yaml(),
         "aliased.yml",
     )
 
-    line = await refused(stack, "release", "create", str(direct))
+    line = await refused(refusing, "release", "create", str(direct))
     assert line == f"error: {direct}: the file is 2.4 MB: a pipeline file is at most 1.0 MB"
-    line = await refused(stack, "release", "create", str(aliased))
+    line = await refused(refusing, "release", "create", str(aliased))
     assert line == (
         "error: the release request is 2.6 MB, more than Temporal's 2.0 MB payload limit"
         " allows: variables in the pipeline file is 2.6 MB (3 entries)"
     )
-    await never_started(stack.client, name)
+    await never_started(refusing.client, name)
 
 
 def test_a_release_time_value_over_the_payload_limit_is_named() -> None:
