@@ -124,12 +124,15 @@ async def _live_view(
     return None
 
 
-async def termination(settings: Settings, ref: ReleaseRef) -> AuditEvent | None:
+async def termination(
+    settings: Settings, ref: ReleaseRef, client: Client | None = None
+) -> AuditEvent | None:
     """If the release's workflow was terminated in Temporal: that, as an audit event
     (the record cannot know it: no workflow code ran to write it). None otherwise, and
-    when the server does not answer quickly."""
+    when the server does not answer quickly. Through `client` when given."""
     try:
-        client = await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT)
+        if client is None:
+            client = await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT)
         if await ended_from_outside(client, ref, rpc_timeout=LIVE_TIMEOUT) != "terminated":
             return None
         return await termination_event(client, ref, rpc_timeout=LIVE_TIMEOUT)

@@ -145,7 +145,7 @@ class Stack:
     # Every API server the test started, by URL.
     apis: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
-    # Another test's stack whose API and people this one uses (the `refusing` fixture).
+    # Another stack whose API and people this one uses (the `api_only` fixture).
     shared: Stack | None = None
     _people: threading.Lock = field(default_factory=threading.Lock)
 
@@ -368,7 +368,7 @@ async def stack(client: Client, dev_server: str, tmp_path: Path) -> AsyncIterato
 def module_stack(
     client: Client, dev_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """A stack for a whole module, whose API the `refusing` fixture shares."""
+    """A stack for a whole module, whose API the `api_only` fixture shares."""
     world = Stack(client=client, address=dev_server, root=tmp_path_factory.mktemp("module"))
     try:
         yield world
@@ -377,11 +377,11 @@ def module_stack(
 
 
 @pytest.fixture
-def refusing(module_stack: Stack, tmp_path: Path) -> Stack:
+def api_only(module_stack: Stack, tmp_path: Path) -> Stack:
     """A stack of the test's own (its suffix, its files) whose user commands go to the
-    module's one API, as its people: for tests that start no workflow (an API takes
-    seconds to start; refusing bad input, milliseconds). Its task queue is not the API's,
-    so nothing it creates would run."""
+    module's one API, as its people: for tests that start no workflow of their own (an
+    API takes seconds to start; refusing bad input, milliseconds). Its task queue is not
+    the API's, so nothing it creates would run; the module's tests share its people."""
     return Stack(
         client=module_stack.client, address=module_stack.address, root=tmp_path, shared=module_stack
     )

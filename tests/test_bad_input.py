@@ -85,15 +85,15 @@ async def never_started(client: Client, pipeline: str) -> None:
     ],
 )
 async def test_a_name_with_dot_dot_a_slash_or_a_leading_dot_is_refused(
-    refusing: Stack, name: str, body: str, field: str
+    api_only: Stack, name: str, body: str, field: str
 ) -> None:
-    name = name.format(suffix=refusing.suffix)
-    pipeline = refusing.write_pipeline(f"name: {name}\n{body}")
+    name = name.format(suffix=api_only.suffix)
+    pipeline = api_only.write_pipeline(f"name: {name}\n{body}")
 
-    line = await refused(refusing, "release", "create", str(pipeline))
+    line = await refused(api_only, "release", "create", str(pipeline))
 
     assert field in line and "is not a valid name" in line and "'..'" in line
-    await never_started(refusing.client, name)
+    await never_started(api_only.client, name)
 
 
 async def test_a_task_name_with_dots_runs_and_its_log_reads(stack: Stack) -> None:
@@ -138,19 +138,19 @@ SETTABLE = """
     ],
 )
 async def test_a_release_time_variable_the_pipeline_does_not_declare_settable_is_refused(
-    refusing: Stack, var: str, message: str
+    api_only: Stack, var: str, message: str
 ) -> None:
-    marker = refusing.root / "evil-ran"
-    evil = refusing.root / "evil.sh"
+    marker = api_only.root / "evil-ran"
+    evil = api_only.root / "evil.sh"
     evil.write_text(f"touch {marker}\n")
-    pipeline = refusing.write_pipeline(SETTABLE.format(suffix=refusing.suffix, marker=marker))
+    pipeline = api_only.write_pipeline(SETTABLE.format(suffix=api_only.suffix, marker=marker))
 
     line = await refused(
-        refusing, "release", "create", str(pipeline), "--var", var.format(evil=evil)
+        api_only, "release", "create", str(pipeline), "--var", var.format(evil=evil)
     )
 
     assert line.startswith(f"error: {message}"), line
-    await never_started(refusing.client, f"vars-{refusing.suffix}")
+    await never_started(api_only.client, f"vars-{api_only.suffix}")
     assert not marker.exists()
 
 
@@ -170,19 +170,19 @@ async def test_a_variable_declared_settable_takes_its_release_time_value(stack: 
     assert "version=2.0 mode=fast" in logs.stdout
 
 
-async def test_a_pipeline_variable_read_at_start_is_refused_at_its_line(refusing: Stack) -> None:
-    name = f"envvar-{refusing.suffix}"
-    pipeline = refusing.write_pipeline(
+async def test_a_pipeline_variable_read_at_start_is_refused_at_its_line(api_only: Stack) -> None:
+    name = f"envvar-{api_only.suffix}"
+    pipeline = api_only.write_pipeline(
         f"name: {name}\nvariables: {{BASH_ENV: /tmp/x}}\n{stage_yaml()}"
     )
 
-    line = await refused(refusing, "release", "create", str(pipeline))
+    line = await refused(api_only, "release", "create", str(pipeline))
 
     assert line == (
         f"error: {pipeline}:2: variables.BASH_ENV: BASH_ENV is read by the task's shell"
         " at start: not allowed as a variable"
     )
-    await never_started(refusing.client, name)
+    await never_started(api_only.client, name)
 
 
 # --- release names ------------------------------------------------------------------------
@@ -196,17 +196,17 @@ async def test_a_pipeline_variable_read_at_start_is_refused_at_its_line(refusing
     ],
 )
 async def test_a_release_name_format_that_renders_badly_is_refused(
-    refusing: Stack, release_name_format: str, message: str
+    api_only: Stack, release_name_format: str, message: str
 ) -> None:
-    name = f"names-{refusing.suffix}"
-    pipeline = refusing.write_pipeline(
+    name = f"names-{api_only.suffix}"
+    pipeline = api_only.write_pipeline(
         f'name: {name}\nrelease_name_format: "{release_name_format}"\n{stage_yaml()}'
     )
 
-    line = await refused(refusing, "release", "create", str(pipeline))
+    line = await refused(api_only, "release", "create", str(pipeline))
 
     assert line.startswith(f"error: {pipeline}:2: release_name_format: {message}"), line
-    await never_started(refusing.client, name)
+    await never_started(api_only.client, name)
 
 
 async def test_a_mail_that_cannot_be_built_fails_once_and_the_deployment_goes_on(
@@ -307,75 +307,75 @@ async def test_a_mail_with_a_line_break_in_a_header_is_not_retried(tmp_path: Pat
 # --- size and depth ---------------------------------------------------------------------------
 
 
-async def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(refusing: Stack) -> None:
-    pipeline = refusing.write_pipeline("name: x\nstages: " + "[" * 20_000 + "\n")
+async def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(api_only: Stack) -> None:
+    pipeline = api_only.write_pipeline("name: x\nstages: " + "[" * 20_000 + "\n")
 
-    line = await refused(refusing, "release", "create", str(pipeline))
+    line = await refused(api_only, "release", "create", str(pipeline))
 
     assert line.startswith(f"error: {pipeline}:2: invalid YAML: ")
 
 
 async def test_a_five_megabyte_pipeline_of_ten_thousand_stages_is_refused_by_its_size(
-    refusing: Stack,
+    api_only: Stack,
 ) -> None:
-    name = f"big-{refusing.suffix}"
+    name = f"big-{api_only.suffix}"
     script = "echo " + "x" * 480
     stages = "".join(
         f"  - name: s{index}\n    pool: POOL\n    tasks: [{{name: t, script: '{script}'}}]\n"
         for index in range(10_000)
     )
-    pipeline = refusing.write_pipeline(f"name: {name}\nstages:\n{stages}")
+    pipeline = api_only.write_pipeline(f"name: {name}\nstages:\n{stages}")
 
-    line = await refused(refusing, "release", "create", str(pipeline))
+    line = await refused(api_only, "release", "create", str(pipeline))
 
     size = pipeline.stat().st_size / 1024 / 1024
     assert line == (
         f"error: {pipeline}: the file is {size:.1f} MB: a pipeline file is at most 1.0 MB"
     )
-    await never_started(refusing.client, name)
+    await never_started(api_only.client, name)
 
 
 async def test_ten_thousand_stages_in_a_small_file_are_refused_by_the_payload_limit(
-    refusing: Stack,
+    api_only: Stack,
 ) -> None:
-    name = f"many-{refusing.suffix}"
+    name = f"many-{api_only.suffix}"
     stages = "".join(
         f"  - {{name: s{index}, pool: POOL, tasks: [{{name: t, script: x}}]}}\n"
         for index in range(10_000)
     )
-    pipeline = refusing.write_pipeline(f"name: {name}\nstages:\n{stages}")
-    valid = await asyncio.to_thread(refusing.cli, "pipeline", "validate", str(pipeline))
+    pipeline = api_only.write_pipeline(f"name: {name}\nstages:\n{stages}")
+    valid = await asyncio.to_thread(api_only.cli, "pipeline", "validate", str(pipeline))
     assert valid.returncode == 0, valid.stderr
 
-    line = await refused(refusing, "release", "create", str(pipeline))
+    line = await refused(api_only, "release", "create", str(pipeline))
 
     assert re.match(r"error: the release request is 4\.\d MB, more than Temporal's 2\.0 MB", line)
     assert re.search(r"stages in the pipeline file is 4\.\d MB \(10,000 entries\)$", line)
-    await never_started(refusing.client, name)
+    await never_started(api_only.client, name)
 
 
 async def test_a_two_and_a_half_megabyte_variable_is_refused_before_anything_is_sent(
-    refusing: Stack,
+    api_only: Stack,
 ) -> None:
-    name = f"bigvar-{refusing.suffix}"
-    direct = refusing.write_pipeline(
+    name = f"bigvar-{api_only.suffix}"
+    direct = api_only.write_pipeline(
         f"name: {name}\nvariables:\n  BIG: {'y' * 2_500_000}\n{stage_yaml()}", "direct.yml"
     )
     # Under the file limit, aliases repeat one 0.9 MB value three times in the request.
-    aliased = refusing.write_pipeline(
+    aliased = api_only.write_pipeline(
         f"name: {name}\nvariables:\n  A: &big {'y' * 900_000}\n  B: *big\n  C: *big\n"
         + stage_yaml(),
         "aliased.yml",
     )
 
-    line = await refused(refusing, "release", "create", str(direct))
+    line = await refused(api_only, "release", "create", str(direct))
     assert line == f"error: {direct}: the file is 2.4 MB: a pipeline file is at most 1.0 MB"
-    line = await refused(refusing, "release", "create", str(aliased))
+    line = await refused(api_only, "release", "create", str(aliased))
     assert line == (
         "error: the release request is 2.6 MB, more than Temporal's 2.0 MB payload limit"
         " allows: variables in the pipeline file is 2.6 MB (3 entries)"
     )
-    await never_started(refusing.client, name)
+    await never_started(api_only.client, name)
 
 
 def test_a_release_time_value_over_the_payload_limit_is_named() -> None:
@@ -460,7 +460,7 @@ async def test_json_stays_json_while_the_server_restarts(tmp_path: Path) -> None
                 before = polls()
 
                 async def polled_meanwhile() -> bool:  # the API answered with Temporal away
-                    return polls() >= before + 3
+                    return polls() >= before + 2
 
                 await wait_for(polled_meanwhile, timeout=30, what="polls while Temporal is down")
                 server = start_dev_server(server_dir, port, headless=True)

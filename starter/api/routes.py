@@ -266,7 +266,8 @@ def add_routes(api: APIRouter) -> None:
         # no workflow code could record: that, from Temporal, when it answers quickly.
         ended = any(e.action in ("abandon", "close") and e.outcome == "accepted" for e in events)
         if not ended:
-            terminated = await termination(svc.settings, ReleaseRef(pipeline, number))
+            ref = ReleaseRef(pipeline, number)
+            terminated = await termination(svc.settings, ref, svc.connected())
             if terminated is not None:
                 events.append(TrailEvent(**terminated.model_dump()))
         return events
