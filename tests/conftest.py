@@ -420,6 +420,9 @@ def postgres() -> Iterator[PostgresCluster]:
     """A throwaway PostgreSQL cluster (initdb in a temp dir), shared by every test that
     needs one; skipped with the reason where the server binaries are missing."""
     reason = missing_binaries()
+    if reason and os.environ.get("STAGEFLOW_REQUIRE_POSTGRES"):
+        # .ci/run sets it: CI has the binaries, so their absence there is a broken machine.
+        pytest.fail(f"PostgreSQL is required here (STAGEFLOW_REQUIRE_POSTGRES): {reason}")
     if reason:
         warnings.warn(f"tests on PostgreSQL skipped: {reason}", stacklevel=1)
         pytest.skip(reason)

@@ -9,7 +9,6 @@ A person signed in through OIDC is put in front of the app by overriding its
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from activities.record.identity import (
 from starter.api.app import create_app, principal
 from starter.api.auth import Principal
 from starter.api.routes_identity import NOT_IN_RECORD
+from tests.conftest import wait_for
 from worker.settings import Settings
 
 V1 = "/api/v1"
@@ -194,8 +194,11 @@ async def test_an_expired_token_is_refused(api: Api) -> None:
 
     brief = await api.request("POST", "/tokens", alice, {"name": "brief", "expires_in": "50ms"})
     assert brief.status_code == 201, brief.text
-    await asyncio.sleep(0.2)
-    assert (await api.request("GET", "/me", brief.json()["token"])).status_code == 401
+
+    async def expired() -> bool:
+        return (await api.request("GET", "/me", brief.json()["token"])).status_code == 401
+
+    await wait_for(expired, timeout=5, what="the 50 ms token to expire")
 
 
 async def test_a_lifetime_that_is_not_a_positive_duration_is_422_naming_body_expires_in(

@@ -20,7 +20,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
-from workflows.activity_refs import RECORD, RECORD_LOCAL_TIMEOUT
+from workflows.activity_refs import RECORD
 from workflows.record_api import RecordWrite
 from workflows.recording import RecordWriter
 
@@ -56,7 +56,8 @@ class FlakyRecord:
         if len(self.calls) > 1:
             return
         if self.first_call == "hangs":
-            await asyncio.sleep(RECORD_LOCAL_TIMEOUT.total_seconds() + 1)
+            # Until the local try's timeout (RECORD_LOCAL_TIMEOUT) cancels it.
+            await asyncio.Event().wait()
         raise ApplicationError("the database is away", type="RecordSlow")
 
 
