@@ -17,9 +17,8 @@ The figures:
   turns: `stageflow --help` (target ≤ 0.15 s), `stageflow release list` (target
   ≤ 0.3 s) and, as the limit, the Go CLI `temporal workflow list --address … --namespace
   default` against the same server. `release list` runs with `STAGEFLOW_URL` and
-  `STAGEFLOW_TOKEN` in its environment (and the data dir and Temporal address, which
-  the CLI reads directly today), so the same bench measures it once the CLI is an HTTP
-  client. A first round is a warm-up, not counted.
+  `STAGEFLOW_TOKEN` in its environment: it asks the API, which answers from the record.
+  A first round is a warm-up, not counted.
 - **approve** — each round, a release whose `--clients` stages all wait for `bench`'s
   pre-deployment approval (created by `bench-creator`: a creator may not approve);
   `--clients` HTTP clients (one `httpx.AsyncClient` each, its own connection, opened

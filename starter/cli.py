@@ -15,7 +15,6 @@ in, or no server.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import getpass
 import json
@@ -28,6 +27,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from starter.exit_codes import Exit, Unavailable
 
 if TYPE_CHECKING:
+    import asyncio
+
     from temporalio.client import Client
 
     from starter.client import Api
@@ -354,6 +355,8 @@ async def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
     from worker.up import run_server
 
     return asyncio.run(run_server(settings, args.port, headless=args.headless))
@@ -494,49 +497,59 @@ USER_COMMANDS = {
 
 
 def run_user_command(args: argparse.Namespace) -> int:
-    """A user command, as the signed-in person (`login` and `logout` sign in and out)."""
-    from starter import access_commands, commands, log_commands, read_commands
+    """A user command, as the signed-in person (`login` and `logout` sign in and out).
+    Only the module of the command is imported: `release list` stays clear of the
+    models (pydantic) that `release show` and the actions parse answers into."""
+    import importlib
+
     from starter.client import Api
 
     command = args.command
-    if command == "login":
-        return access_commands.login(args)
-    if command == "logout":
-        return access_commands.logout(args)
-    handlers: dict[str, Callable[[Api, argparse.Namespace], int]] = {
-        "deploy": commands.deploy,
-        "redeploy": commands.redeploy,
-        "cancel": commands.cancel,
-        "abandon": commands.abandon,
-        "approve": commands.approve,
-        "reject": commands.reject,
-        "resume": commands.resume,
-        "gates": commands.gates,
-        "approvals": read_commands.approvals,
-        "logs": log_commands.logs,
-        "history": read_commands.history,
-        "status": read_commands.status,
-        "whoami": access_commands.whoami,
-        "token": access_commands.token,
-        "access": access_commands.access,
-    }
-    if command == "release":
-        handlers["release"] = {
-            "create": commands.create,
-            "list": read_commands.list_releases,
-            "show": read_commands.show,
-        }[args.release_command]
+    if command in ("login", "logout"):
+        from starter import access_commands
+
+        return access_commands.login(args) if command == "login" else access_commands.logout(args)
+    name = command if command != "release" else f"release {args.release_command}"
+    module, function = USER_HANDLERS[name].split(":")
+    handler: Callable[[Api, argparse.Namespace], int] = getattr(
+        importlib.import_module(f"starter.{module}"), function
+    )
     api = Api.signed_in()
     try:
-        return handlers[command](api, args)
+        return handler(api, args)
     finally:
         api.close()
+
+
+# Each user command's function, as "module:function" under starter/.
+USER_HANDLERS = {
+    "release create": "commands:create",
+    "release list": "read_commands:list_releases",
+    "release show": "read_commands:show",
+    "deploy": "commands:deploy",
+    "redeploy": "commands:redeploy",
+    "cancel": "commands:cancel",
+    "abandon": "commands:abandon",
+    "approve": "commands:approve",
+    "reject": "commands:reject",
+    "resume": "commands:resume",
+    "gates": "commands:gates",
+    "approvals": "read_commands:approvals",
+    "logs": "log_commands:logs",
+    "history": "read_commands:history",
+    "status": "read_commands:status",
+    "whoami": "access_commands:whoami",
+    "token": "access_commands:token",
+    "access": "access_commands:access",
+}
 
 
 # --- process commands: Stageflow itself, on Temporal and the record ------------------------
 
 
 async def _client(settings: Settings, identity: str | None = None) -> Client:
+    import asyncio
+
     from temporalio.service import RPCError
 
     from worker.settings import connect
@@ -564,6 +577,8 @@ def _short(err: BaseException) -> str:
 
 
 def _stop_on_signals() -> asyncio.Event:
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -573,6 +588,8 @@ def _stop_on_signals() -> asyncio.Event:
 
 def run_process_command(args: argparse.Namespace) -> int:
     """A process command; its expected failures are one line and exit code 2."""
+    import asyncio
+
     from temporalio.service import RPCError
 
     from starter.pipeline_loader import InvalidPipeline

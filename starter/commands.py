@@ -15,7 +15,6 @@ import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from rich.console import Group
 from rich.live import Live
@@ -25,7 +24,7 @@ from rich.text import Text
 from starter import render
 from starter.client import Api, ApiError, Refused
 from starter.exit_codes import Exit
-from starter.release_ref import ReleaseRef
+from starter.release_ref import ReleaseRef, release_path, release_ref
 from workflows.audit import AuditEvent
 from workflows.pipeline import parse_duration
 from workflows.release import ReleaseStatus, StageAttempt, StageStatus
@@ -34,17 +33,6 @@ FAILED_STATUSES = {StageStatus.FAILED, StageStatus.CANCELED, StageStatus.REJECTE
 POLL = 0.3
 # How long a release just created may take to show in the record.
 RECORDED_SECONDS = 30.0
-
-
-def release_ref(text: str) -> ReleaseRef:
-    """`PIPELINE/NUMBER`, or a ValueError saying how to write one (exit 2)."""
-    return ReleaseRef.parse(text)
-
-
-def release_path(ref: ReleaseRef, *rest: str) -> str:
-    """The API path of a release (and of what is below it: `stages`, a stage, ...)."""
-    parts = [quote(ref.pipeline, safe=""), str(ref.number), *(quote(p, safe="") for p in rest)]
-    return "/releases/" + "/".join(parts)
 
 
 def fetch_release(api: Api, ref: ReleaseRef) -> tuple[ReleaseStatus, dict[str, Any]]:
@@ -105,7 +93,7 @@ def create(api: Api, args: argparse.Namespace) -> int:
         print(f"created {pipeline} {name} ({ref})", flush=True)
     status = _wait_settled(api, ref, live=not args.json)
     if args.json:
-        print(json.dumps(render.release_json(status)))
+        print(json.dumps(render.release_json(status.model_dump(mode="json"))))
     else:
         render.console().print(render.release_view(status))
     return _exit_code(status)

@@ -14,8 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 from starter.client import Api
-from starter.commands import release_path, release_ref
 from starter.exit_codes import Exit
+from starter.release_ref import release_path, release_ref
 
 
 def logs(api: Api, args: argparse.Namespace) -> int:

@@ -18,17 +18,11 @@ from rich.text import Text
 
 from starter import render
 from starter.client import Api
-from starter.commands import fetch_release, release_path, release_ref
 from starter.exit_codes import Exit
-from workflows.audit import AuditEvent
-from workflows.release import ReleaseStatus
+from starter.release_ref import release_path, release_ref
 
-
-class TrailEvent(AuditEvent):
-    """A line of the audit trail as the API gives it (activities/record/views.py): with
-    how its person signed in, for a request that came through the API."""
-
-    via: str | None = None
+# `release list` renders the API's JSON as it is; the views that need the models
+# (pydantic, the workflows' types) import them when they run.
 
 
 def list_releases(api: Api, args: argparse.Namespace) -> int:
@@ -45,8 +39,7 @@ def list_releases(api: Api, args: argparse.Namespace) -> int:
             "page": args.page,
         },
     )
-    found = [ReleaseStatus.model_validate(r) for r in page["releases"]]
-    rows = [render.release_json(status) for status in found]
+    rows = [render.release_json(release) for release in page["releases"]]
     if args.json:
         print(json.dumps(rows))
     elif rows:
@@ -57,11 +50,13 @@ def list_releases(api: Api, args: argparse.Namespace) -> int:
 
 
 def show(api: Api, args: argparse.Namespace) -> int:
+    from starter.commands import fetch_release
+
     ref = release_ref(args.release)
     status, live = fetch_release(api, ref)
     unavailable = live.get("live_unavailable")
     if args.json:
-        data = render.release_json(status)
+        data = render.release_json(status.model_dump(mode="json"))
         data["live"] = bool(live.get("live"))
         if unavailable:
             data["live_unavailable"] = unavailable
@@ -82,7 +77,7 @@ def history(api: Api, args: argparse.Namespace) -> int:
         # `via` only where a request came through the API (the shape is otherwise as before).
         print(json.dumps([_event_json(event) for event in events]))
     else:
-        render.console().print(render.history_table([TrailEvent(**e) for e in events]))
+        render.console().print(render.history_table(events))
     return Exit.OK
 
 
@@ -165,20 +160,21 @@ def _matrix_table(matrix: dict[str, Any]) -> Table:
     table.add_column("created (UTC)")
     for name in matrix["stages"]:
         table.add_column(name)
-    for row in (ReleaseStatus.model_validate(r) for r in matrix["releases"]):
-        by_stage = {view.name: view for view in row.stages}
+    for row in matrix["releases"]:  # ReleaseStatus, as JSON
+        by_stage = {view["name"]: view for view in row["stages"]}
         cells: list[Text | str] = [
-            f"{row.name} ({row.pipeline}/{row.number})",
-            render.when(row.created_at),
+            f"{row['name']} ({row['pipeline']}/{row['number']})",
+            render.when(_time(row["created_at"])),
         ]
         for name in matrix["stages"]:
             view = by_stage.get(name)
             if view is None:
                 cells.append(Text("-", style="dim"))
                 continue
-            text = render.styled(view.status.value)
-            if view.latest is not None and view.latest.attempt > 1:
-                text.append(f" #{view.latest.attempt}", style="dim")
+            text = render.styled(view["status"])
+            attempts = view["attempts"]
+            if attempts and attempts[-1]["attempt"] > 1:
+                text.append(f" #{attempts[-1]['attempt']}", style="dim")
             cells.append(text)
         table.add_row(*cells)
     return table

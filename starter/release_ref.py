@@ -7,6 +7,7 @@ reference without loading the Temporal SDK (starter/releases.py re-exports it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,14 @@ class ReleaseRef:
 
     def __str__(self) -> str:
         return f"{self.pipeline}/{self.number}"
+
+
+def release_ref(text: str) -> ReleaseRef:
+    """`PIPELINE/NUMBER`, or a ValueError saying how to write one (exit 2)."""
+    return ReleaseRef.parse(text)
+
+
+def release_path(ref: ReleaseRef, *rest: str) -> str:
+    """The API path of a release (and of what is below it: `stages`, a stage, ...)."""
+    parts = [quote(ref.pipeline, safe=""), str(ref.number), *(quote(p, safe="") for p in rest)]
+    return "/releases/" + "/".join(parts)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from workflows.pipeline import format_duration
-from workflows.release import AuditEvent, ReleaseStatus, StageStatus, StageView
+if TYPE_CHECKING:
+    # The models, for the views that need them: `release list` renders the API's JSON
+    # as it is and stays clear of pydantic's start-up cost.
+    from workflows.release import ReleaseStatus, StageView
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -42,11 +44,17 @@ def took(duration: timedelta | None) -> str:
     if duration is None:
         return "-"
     seconds = duration.total_seconds()
-    return f"{seconds:.1f}s" if seconds < 60 else format_duration(duration)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    from workflows.pipeline import format_duration
+
+    return format_duration(duration)
 
 
 def next_action(ref: str, view: StageView) -> str:
     """What a person can do next with this stage, as the command that works in its state."""
+    from workflows.release import StageStatus
+
     latest = view.latest
     if view.status == StageStatus.WAITING_FOR_APPROVAL:
         pending = [a for a in (latest.approvals if latest else []) if a.status == "pending"]
@@ -66,9 +74,11 @@ def next_action(ref: str, view: StageView) -> str:
     return f"stageflow redeploy {ref} {view.name}"
 
 
-def release_json(status: ReleaseStatus) -> dict[str, Any]:
-    data = status.model_dump(mode="json")
-    data["reference"] = f"{status.pipeline}/{status.number}"
+def release_json(data: dict[str, Any]) -> dict[str, Any]:
+    """A release for `--json`: the API's JSON of it (ReleaseStatus, as the API shows it),
+    with its reference and each stage's latest attempt in brief."""
+    data = dict(data)
+    data["reference"] = f"{data['pipeline']}/{data['number']}"
     for stage in data["stages"]:
         latest = stage["attempts"][-1] if stage["attempts"] else None
         stage["attempt"] = latest["attempt"] if latest else 0
@@ -139,20 +149,21 @@ def tasks_table(status: ReleaseStatus) -> Table:
     return table
 
 
-def history_table(events: Sequence[AuditEvent]) -> Table:
+def history_table(events: Sequence[dict[str, Any]]) -> Table:
+    """The audit trail as the API gives it (TrailEvent of activities/record/views.py)."""
     table = Table(show_edge=False, header_style="bold")
     for column in ("time (UTC)", "who", "action", "stage", "outcome", "detail"):
         table.add_column(column)
     for event in events:
         # How the person signed in, for a request that came through the API.
-        via = getattr(event, "via", None)
+        via = event.get("via")
         table.add_row(
-            when(event.time),
-            f"{event.actor} ({via})" if via else event.actor,
-            event.action,
-            event.stage or "",
-            Text(event.outcome, style="green" if event.outcome == "accepted" else "red"),
-            event.detail,
+            when(datetime.fromisoformat(event["time"])),
+            f"{event['actor']} ({via})" if via else event["actor"],
+            event["action"],
+            event.get("stage") or "",
+            Text(event["outcome"], style="green" if event["outcome"] == "accepted" else "red"),
+            event.get("detail") or "",
         )
     return table
 
