@@ -415,17 +415,22 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 # --- the record's databases: one PostgreSQL cluster for the whole run ---------------------
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    """A throwaway PostgreSQL cluster (initdb in a temp dir), shared by every test that
-    needs one; skipped with the reason where the server binaries are missing."""
+def need_postgres() -> None:
+    """Skip the test, with the reason, where PostgreSQL's server binaries are missing;
+    fail it in CI (.ci/run sets STAGEFLOW_REQUIRE_POSTGRES: the binaries are there)."""
     reason = missing_binaries()
     if reason and os.environ.get("STAGEFLOW_REQUIRE_POSTGRES"):
-        # .ci/run sets it: CI has the binaries, so their absence there is a broken machine.
         pytest.fail(f"PostgreSQL is required here (STAGEFLOW_REQUIRE_POSTGRES): {reason}")
     if reason:
         warnings.warn(f"tests on PostgreSQL skipped: {reason}", stacklevel=1)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster (initdb in a temp dir), shared by every test that
+    needs one; skipped with the reason where the server binaries are missing."""
+    need_postgres()
     cluster = start_cluster()
     try:
         yield cluster

@@ -53,7 +53,7 @@ def _run_as() -> dict[str, Any]:
 class PostgresCluster:
     root: Path
     port: int
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None = None
     databases: list[str] = field(default_factory=list)
 
     def url(self, database: str = "postgres") -> str:
@@ -76,9 +76,36 @@ class PostgresCluster:
         path = self.root / "postgres.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def start(self, timeout: float = 60) -> None:
+        """Start the server on the cluster's data and port; return once it answers."""
+        self.process = process = _serve(self.root, self.port)
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                text = self.log()
+                self.stop()
+                raise RuntimeError(f"postgres exited with {process.returncode}:\n{text[-2000:]}")
+            ready = subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)]
+                + ["-U", SUPERUSER],
+                capture_output=True,
+            )
+            if ready.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"postgres did not answer within {timeout}s")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """kill -9 the postmaster by its PID, and its backends (its session): a crash."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
     def stop(self) -> None:
         """Fast shutdown by the postmaster's PID, then remove the cluster's files."""
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=30)
@@ -95,13 +122,11 @@ def start_cluster(timeout: float = 60) -> PostgresCluster:
     root = Path(tempfile.mkdtemp(prefix="stageflow-pg-"))
     if as_user:
         os.chown(root, as_user["user"], as_user["group"])
-    data, sockets = root / "data", root / "sockets"
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
     subprocess.run(
         [
             str(PG_BIN / "initdb"),
             "-D",
-            str(data),
+            str(root / "data"),
             "-U",
             SUPERUSER,
             "--auth=trust",
@@ -110,57 +135,49 @@ def start_cluster(timeout: float = 60) -> PostgresCluster:
         ],
         check=True,
         capture_output=True,
-        env=env,
+        env=_ENV,
         cwd=root,
         **as_user,
     )
+    sockets = root / "sockets"
     sockets.mkdir()
     if as_user:
         os.chown(sockets, as_user["user"], as_user["group"])
-    port = free_port()
-    log = open(root / "postgres.log", "ab")
-    process = subprocess.Popen(
-        [
-            str(PG_BIN / "postgres"),
-            "-D",
-            str(data),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-k",
-            str(sockets),
-            # A throwaway cluster: durability buys nothing here.
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=root,
-        start_new_session=True,
-        **as_user,
-    )
-    log.close()
-    cluster = PostgresCluster(root=root, port=port, process=process)
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            text = cluster.log()
-            cluster.stop()
-            raise RuntimeError(f"postgres exited with {process.returncode}:\n{text[-2000:]}")
-        ready = subprocess.run(
-            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", SUPERUSER],
-            capture_output=True,
+    cluster = PostgresCluster(root=root, port=free_port())
+    cluster.start(timeout)
+    return cluster
+
+
+_ENV = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+
+
+def _serve(root: Path, port: int) -> subprocess.Popen[bytes]:
+    """The cluster's server (postmaster) on `port`, its own session, logging to the root."""
+    with open(root / "postgres.log", "ab") as log:
+        return subprocess.Popen(
+            [
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(root / "data"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-k",
+                str(root / "sockets"),
+                # A throwaway cluster: durability buys nothing here.
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_ENV,
+            cwd=root,
+            start_new_session=True,
+            **_run_as(),
         )
-        if ready.returncode == 0:
-            return cluster
-        if time.monotonic() > deadline:
-            cluster.stop()
-            raise RuntimeError(f"postgres did not answer within {timeout}s")
-        time.sleep(0.05)

@@ -19,7 +19,8 @@ import httpx
 from activities.record import open_database, trail, upgrade
 from activities.record.identity import add_user, create_token
 from activities.record.views import TrailEvent
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack, need_postgres, wait_for
+from tests.postgres import start_cluster
 from worker.devserver import free_port
 from worker.settings import Settings
 
@@ -38,8 +39,8 @@ PIPELINE = "\n".join(
 )
 
 
-async def start_api(stack: Stack, port: int) -> subprocess.Popen[bytes]:
-    process = stack.spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], "api")
+async def start_api(stack: Stack, port: int, **env: str) -> subprocess.Popen[bytes]:
+    process = stack.spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], "api", **env)
 
     async def healthy() -> bool:
         if process.poll() is not None:
@@ -129,3 +130,46 @@ async def test_decisions_survive_a_kill_of_the_api_each_once_or_not_at_all(
         assert event.request_id == ids[stage]
         assert event.via is not None and event.via.startswith("token "), stage
     await db.close()
+
+
+async def test_a_record_that_does_not_answer_is_a_503_and_the_api_answers_once_it_is_back(
+    stack: Stack,
+) -> None:
+    """PostgreSQL killed with -9 under a running API: every request is answered 503 with
+    a problem that says the record did not answer (not a 500, not a hang, no URL in
+    it), and the same server answers again once the database is back."""
+    need_postgres()
+    cluster = start_cluster()  # its own: it is killed here
+    try:
+        url = await cluster.new_database()
+        await upgrade(url)
+        db = open_database(url)
+        carol = await add_user(db, "carol", admin=True)
+        token = (await create_token(db, carol)).token.get_secret_value()
+        await db.close()
+        port = free_port()
+        api = await start_api(stack, port, STAGEFLOW_DATABASE_URL=url)
+        headers = {"Authorization": f"Bearer {token}"}
+        releases = f"http://127.0.0.1:{port}/api/v1/releases"
+        approve = f"{releases}/webapp/1/stages/prod/approve"
+        async with httpx.AsyncClient(timeout=30, headers=headers) as http:
+            assert (await http.get(releases)).status_code == 200
+
+            cluster.kill()
+            for response in (await http.get(releases), await http.post(approve, json={})):
+                assert response.status_code == 503, response.text
+                assert response.headers["content-type"] == "application/problem+json"
+                problem = response.json()
+                assert problem["title"] == "Record unavailable"
+                assert problem["detail"].startswith("the record store did not answer")
+                assert str(cluster.port) not in problem["detail"]
+
+            cluster.start()
+
+            async def answering() -> bool:
+                return (await http.get(releases)).status_code == 200
+
+            await wait_for(answering, timeout=30, what="the API to answer from the record again")
+        assert api.poll() is None, "the API exited when its database went away"
+    finally:
+        cluster.stop()

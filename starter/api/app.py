@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -23,7 +23,7 @@ from activities.record import Database, open_database
 from starter.api.access import Access
 from starter.api.auth import Authenticator, Principal
 from starter.api.oidc import OidcSettings, OidcVerifier
-from starter.api.problems import PROBLEM_RESPONSES, Problem, install, not_found
+from starter.api.problems import PROBLEM_RESPONSES, Problem, install, not_found, problem_response
 from worker.settings import Settings, connect
 
 API = "/api/v1"
@@ -134,6 +134,7 @@ def create_app(
         lifespan=lifespan,
     )
     install(app)
+    _answer_unavailable_record(app)
 
     @app.get("/healthz", tags=["service"], summary="the server is up (no credentials)")
     async def healthz() -> dict[str, str]:
@@ -149,6 +150,24 @@ def create_app(
     routes_logs.add_log_routes(api)
     app.include_router(api)
     return app
+
+
+def _answer_unavailable_record(app: FastAPI) -> None:
+    """A record store that does not answer (PostgreSQL down or restarting, the pool
+    exhausted, SQLite locked past its timeout) is a 503 the client may retry, not a
+    500: nothing was done. Other database errors (a constraint, a bug) stay 500s. The
+    detail names the kind of failure only: the driver's message may carry the URL."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    async def unavailable(_request: Request, error: Exception) -> Response:
+        reason = type(getattr(error, "orig", None) or error).__name__
+        return problem_response(
+            Problem(503, "Record unavailable", f"the record store did not answer ({reason})")
+        )
+
+    for kind in (OperationalError, InterfaceError, PoolTimeout, ConnectionError):
+        app.add_exception_handler(kind, unavailable)
 
 
 def _environ() -> dict[str, str]:

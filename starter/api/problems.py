@@ -120,6 +120,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "the person may not do this"),
         (404, "no such pipeline, release or stage"),
         (422, "invalid input; each field by its path"),
+        (503, "the record store or Temporal did not answer: nothing was done, try again"),
     )
 }
 
