@@ -9,6 +9,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -414,10 +415,14 @@ async def decide(
     comment: str = "",
     defer_until: datetime | None = None,
     request_id: str | None = None,
+    groups: Sequence[str] = (),
 ) -> AuditEvent:
-    """approve / reject / resume a deployment of a stage; returns the recorded verdict."""
+    """approve / reject / resume a deployment of a stage; returns the recorded verdict.
+    `groups`: the identity-provider groups the person signed in with (an approver entry
+    `group:oidc:NAME` counts them)."""
     decision = Decision(
         by=user,
+        groups=list(groups),
         phase=phase,  # type: ignore[arg-type]
         comment=comment,
         defer_until=defer_until,
@@ -432,9 +437,14 @@ async def decide(
 
 
 async def deploy_now(
-    client: Client, ref: ReleaseRef, stage: str, user: str, request_id: str | None = None
+    client: Client,
+    ref: ReleaseRef,
+    stage: str,
+    user: str,
+    request_id: str | None = None,
+    groups: Sequence[str] = (),
 ) -> AuditEvent:
-    request = DeployNow(by=user, request_id=request_id or uuid.uuid4().hex)
+    request = DeployNow(by=user, groups=list(groups), request_id=request_id or uuid.uuid4().hex)
     return await _act_on_stage(client, ref, stage, "deploy_now", StageWorkflow.deploy_now, request)
 
 
@@ -446,9 +456,14 @@ async def ignore_gate(
     check: str,
     phase: str = "pre",
     request_id: str | None = None,
+    groups: Sequence[str] = (),
 ) -> AuditEvent:
     request = GateIgnore(
-        check=check, by=user, phase=phase, request_id=request_id or uuid.uuid4().hex
+        check=check,
+        by=user,
+        groups=list(groups),
+        phase=phase,
+        request_id=request_id or uuid.uuid4().hex,
     )
     return await _act_on_stage(
         client, ref, stage, "ignore_gate", StageWorkflow.ignore_gate, request

@@ -9,6 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pytest
+from pydantic import ValidationError
+
 from workflows.approval_policy import ApprovalPolicy, ApprovalState, DecisionRecord
 from workflows.gates import GateState
 from workflows.pipeline import Pipeline
@@ -558,3 +561,104 @@ def test_an_interventions_approvers_come_from_its_task_in_the_pipeline() -> None
     assert may_decide_intervention(d, named, "alice") == (
         "alice may not decide this intervention (who may: erin)"
     )
+
+
+# --- identity-provider groups: group:oidc:NAME ----------------------------------------
+# Their members are known only when they sign in: the API passes the groups a person's
+# token carried (`oidc:NAME`) with the decision.
+
+RELEASE_MANAGERS = ("oidc:release-managers",)
+
+
+def test_a_member_of_a_named_provider_group_approves_and_others_are_told_who_may() -> None:
+    d = deciders({"pre_deployment": approvals(["group:oidc:release-managers"])})
+    assert decide_as(d, [pending(d)], "olivia", ("oidc:ops",)) == (
+        "olivia is not an approver (approvers: group:oidc:release-managers)"
+    )
+    states = [pending(d)]
+    assert decide_as(d, states, "olivia", RELEASE_MANAGERS) is None
+    assert states[0].status == "approved"
+
+
+def test_a_provider_group_inside_a_pipeline_group_counts_beside_its_users() -> None:
+    d = deciders(
+        {"pre_deployment": approvals(["group:leads"])},
+        groups={"leads": ["alice", "group:oidc:leads"]},
+    )
+    assert decide_as(d, [pending(d)], "alice", ()) is None
+    assert decide_as(d, [pending(d)], "lena", ("oidc:leads",)) is None
+    assert decide_as(d, [pending(d)], "lena", RELEASE_MANAGERS) is not None
+
+
+def test_under_sequence_a_provider_group_waits_its_turn() -> None:
+    d = deciders(
+        {"pre_deployment": approvals(["alice", "group:oidc:release-managers"], "sequence")}
+    )
+    states = [pending(d)]
+    assert decide_as(d, states, "olivia", RELEASE_MANAGERS) == (
+        "out of turn: waiting for alice first"
+    )
+    assert decide_as(d, states, "alice", ()) is None
+    assert decide_as(d, states, "olivia", RELEASE_MANAGERS) is None
+    assert states[0].status == "approved"
+
+
+def test_the_creator_in_a_provider_group_may_not_approve_their_release() -> None:
+    d = deciders({"pre_deployment": approvals(["group:oidc:release-managers"])})
+    assert decide_as(d, [pending(d)], CREATOR, RELEASE_MANAGERS) == (
+        "carol created the release and may not approve it"
+    )
+
+
+def test_an_intervention_naming_only_a_provider_group_does_not_fall_back_to_the_approvers() -> None:
+    d = deciders({"pre_deployment": approvals(["alice"])})
+    named = ["group:oidc:sre"]
+    assert may_decide_intervention(d, named, "sam", ("oidc:sre",)) is None
+    assert may_decide_intervention(d, named, "alice") == (
+        "alice may not decide this intervention (who may: group:oidc:sre)"
+    )
+    # Nobody is known by name to mail; the provider group still decides.
+    assert d.of(named) == []
+    assert d.who(named) == ["group:oidc:sre"]
+
+
+def test_provider_group_members_end_deferrals_and_ignore_gates_of_their_phase() -> None:
+    d = deciders(gate_stage(approvals=approvals(["group:oidc:sre"])["approvals"]))
+    assert may_ignore_gate(d, [gate_state()], "pre", "health", "sam", ("oidc:sre",)) is None
+    assert may_ignore_gate(d, [gate_state()], "pre", "health", "sam", ("oidc:dev",)) == (
+        "sam may not ignore pre-deployment gates (who may: group:oidc:sre)"
+    )
+    assert may_end_deferral(d, deferred_pre(d), True, "sam", ("oidc:sre",)) is None
+    assert may_end_deferral(d, deferred_pre(d), True, "sam") is not None
+
+
+def test_a_group_may_hold_provider_groups_but_not_other_groups_and_mail_goes_to_users() -> None:
+    leads = pipeline(
+        {
+            "pre_deployment": approvals(["group:leads"]),
+            "notify": {"on": ["failed"], "to": ["group:leads"]},
+        },
+        groups={"leads": ["alice", "group:oidc:leads"]},
+    )
+    assert leads.people(["group:leads"]) == ["alice"]
+    assert leads.idp_groups(["group:leads", "group:oidc:sre"]) == [
+        "group:oidc:leads",
+        "group:oidc:sre",
+    ]
+    with pytest.raises(ValidationError, match="a group holds users and identity-provider"):
+        pipeline({}, groups={"ops": ["bob"], "all": ["group:ops"]})
+    with pytest.raises(ValidationError, match="an identity-provider group has no mail"):
+        pipeline({"notify": {"on": ["failed"], "to": ["group:oidc:sre"]}})
+
+
+def decide_as(
+    d: Deciders, states: list[ApprovalState], user: str, groups: tuple[str, ...]
+) -> str | None:
+    """An approval by `user`, signed in with identity-provider `groups`."""
+    reason, entry = judge_approval(d, states, "pre", user, True, groups)
+    if reason is None:
+        assert entry is not None
+        policy = d.policy("pre")
+        assert policy is not None
+        policy.apply(states[0], entry, True)
+    return reason

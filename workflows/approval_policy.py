@@ -9,6 +9,7 @@ time (a rejection does not wait its turn under `sequence`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -21,6 +22,8 @@ class Decision(Model):
     """`approve` / `reject` signal of a StageWorkflow (and of a manual intervention)."""
 
     by: str
+    # The identity-provider groups `by` signed in with (`oidc:NAME`), as the API saw them.
+    groups: list[str] = []
     phase: Literal["pre", "post"] = "pre"
     comment: str = ""
     defer_until: datetime | None = Field(None, description="approve now, deploy at this time")
@@ -71,11 +74,14 @@ class ApprovalPolicy:
         """Every user who may decide, in the listed order, without repeats."""
         return self.pipeline.people(self.approvals.approvers)
 
-    def is_approver(self, user: str) -> bool:
-        return user in self.users()
+    def is_approver(self, user: str, groups: Sequence[str] = ()) -> bool:
+        return any(self.pipeline.stands_for(e, user, groups) for e in self.approvals.approvers)
 
-    def judge(self, state: ApprovalState, user: str, approve: bool) -> tuple[bool, str, int | None]:
-        """(accepted, reason when refused, entry satisfied) for a decision by `user`."""
+    def judge(
+        self, state: ApprovalState, user: str, approve: bool, groups: Sequence[str] = ()
+    ) -> tuple[bool, str, int | None]:
+        """(accepted, reason when refused, entry satisfied) for a decision by `user`,
+        signed in with identity-provider `groups`."""
         if state.status != "pending":
             return (
                 False,
@@ -83,7 +89,9 @@ class ApprovalPolicy:
                 None,
             )
         entries = self.approvals.approvers
-        mine = [i for i, entry in enumerate(entries) if user in self.pipeline.members(entry)]
+        mine = [
+            i for i, entry in enumerate(entries) if self.pipeline.stands_for(entry, user, groups)
+        ]
         if not mine:
             return False, f"{user} is not an approver (approvers: {', '.join(entries)})", None
         if approve and user == self.creator and not self.approvals.creator_can_approve:

@@ -80,7 +80,7 @@ def decide_intervention(
 ) -> AuditEvent:
     pending = d.intervention
     open_approvers = pending.approvers if pending and pending.decision is None else None
-    reason = may_decide_intervention(d.deciders, open_approvers, decision.by)
+    reason = may_decide_intervention(d.deciders, open_approvers, decision.by, decision.groups)
     if reason is not None or pending is None:
         return d.trail.refuse(decision.by, action, reason or "", request_id=decision.request_id)
     pending.decision, pending.by, pending.comment = action, decision.by, decision.comment

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -62,6 +62,9 @@ def parse_duration(value: Any) -> Any:
 
 
 MAX_DURATION = timedelta(days=3650)
+# An approver entry naming an identity-provider group: its members are whoever signs
+# in through OIDC with the group in their token (starter/api/oidc.py prefixes `oidc:`).
+IDP_GROUP = "group:oidc:"
 
 
 def _seconds(seconds: float, given: Any) -> timedelta:
@@ -763,7 +766,11 @@ class Pipeline(Model):
     settable_variables: SkipJsonSchema[list[str]] = Field(
         [], description="variables a release may set; from `NAME: {value: ..., settable: true}`"
     )
-    groups: dict[str, list[str]] = Field({}, description="approver groups: name -> users")
+    groups: dict[str, list[str]] = Field(
+        {},
+        description="approver groups: name -> users (and identity-provider groups, "
+        "group:oidc:NAME)",
+    )
     users: dict[str, UserInfo] = Field({}, description="people's email addresses")
     artifacts: list[Artifact] = []
     stages: list[Stage] = Field(min_length=1)
@@ -848,9 +855,24 @@ class Pipeline(Model):
         cycle = find_cycle({stage.name: stage.upstream for stage in self.stages})
         if cycle:
             raise ValueError("stage triggers form a cycle: " + " -> ".join(cycle))
+        for group, members in self.groups.items():
+            for member in members:
+                if member.startswith("group:") and not member.startswith(IDP_GROUP):
+                    raise ValueError(
+                        f"group {group!r} holds {member!r}: a group holds users and "
+                        f"identity-provider groups ({IDP_GROUP}NAME), not other groups"
+                    )
         for stage in self.stages:
+            for entry in stage.notify.to if stage.notify else []:
+                if entry.startswith(IDP_GROUP):
+                    raise ValueError(
+                        f"stage {stage.name!r} notifies {entry!r}: an identity-provider group "
+                        "has no mail addresses here (name users, or a group of users)"
+                    )
             for people in stage.people_lists():
                 for entry in people:
+                    if entry.startswith(IDP_GROUP):
+                        continue  # the identity provider says who is in it
                     if entry.startswith("group:") and entry[6:] not in self.groups:
                         raise ValueError(
                             f"stage {stage.name!r} names unknown group {entry[6:]!r}"
@@ -866,10 +888,38 @@ class Pipeline(Model):
         return users
 
     def members(self, entry: str) -> list[str]:
-        """The users an approver entry stands for: itself, or a group's members."""
+        """The users an approver entry stands for by name: itself, or a group's members.
+        Who is in an identity-provider group only their sign-in says (stands_for)."""
+        if entry.startswith(IDP_GROUP):
+            return []
         if entry.startswith("group:"):
-            return list(self.groups.get(entry[6:], []))
+            return [m for m in self.groups.get(entry[6:], []) if not m.startswith(IDP_GROUP)]
         return [entry]
+
+    def idp_groups(self, entries: list[str]) -> list[str]:
+        """The identity-provider groups (`group:oidc:NAME`) a list of entries names,
+        directly or through the pipeline's groups, in order, no repeats."""
+        found: list[str] = []
+        for entry in entries:
+            inside = self.groups.get(entry[6:], []) if entry.startswith("group:") else []
+            for named in [entry] if entry.startswith(IDP_GROUP) else inside:
+                if named.startswith(IDP_GROUP) and named not in found:
+                    found.append(named)
+        return found
+
+    def stands_for(self, entry: str, user: str, groups: Sequence[str] = ()) -> bool:
+        """Whether approver entry `entry` names this person: the user, a group of the
+        pipeline they are in, or an identity-provider group their sign-in carries
+        (`groups` as the API has them: `oidc:NAME`)."""
+        if entry.startswith(IDP_GROUP):
+            return entry[len("group:") :] in groups
+        if entry.startswith("group:"):
+            return any(self.stands_for(m, user, groups) for m in self.groups.get(entry[6:], []))
+        return entry == user
+
+    def names_anyone(self, entries: list[str]) -> bool:
+        """Whether the entries stand for somebody: a user, or an identity-provider group."""
+        return bool(self.people(entries) or self.idp_groups(entries))
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:

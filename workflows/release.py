@@ -281,6 +281,7 @@ class GateIgnore(Model):
 
     check: str
     by: str
+    groups: list[str] = Field([], description="identity-provider groups `by` signed in with")
     phase: str = "pre"
     request_id: str | None = None
 
@@ -289,4 +290,5 @@ class DeployNow(Model):
     """`deploy_now` update: an approver ends a deferral early."""
 
     by: str
+    groups: list[str] = Field([], description="identity-provider groups `by` signed in with")
     request_id: str | None = None

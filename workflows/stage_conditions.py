@@ -173,7 +173,7 @@ def decide_approval(d: Deployment, decision: Decision, approve: bool) -> AuditEv
     """approve / reject of a pending approval: judged, recorded, applied."""
     action: Literal["approve", "reject"] = "approve" if approve else "reject"
     reason, entry = judge_approval(
-        d.deciders, d.attempt.approvals, decision.phase, decision.by, approve
+        d.deciders, d.attempt.approvals, decision.phase, decision.by, approve, decision.groups
     )
     state = d.attempt.approval(decision.phase)
     if state is not None and state.status != "skipped" and d.deciders.policy(decision.phase):
@@ -233,7 +233,7 @@ async def deferral(d: Deployment) -> None:
 
 def end_deferral(d: Deployment, request: DeployNow) -> AuditEvent:
     deferred = d.attempt.status == StageStatus.DEFERRED
-    reason = may_end_deferral(d.deciders, d.attempt.approvals, deferred, request.by)
+    reason = may_end_deferral(d.deciders, d.attempt.approvals, deferred, request.by, request.groups)
     if reason is not None:
         return d.trail.refuse(request.by, "deploy_now", reason, request_id=request.request_id)
     if d.deploy_now is not None:
@@ -319,7 +319,9 @@ async def _evaluate(d: Deployment, checks: list[GateCheck], state: GateState) ->
 def ignore_gate(d: Deployment, request: GateIgnore) -> AuditEvent:
     """An approver lets one gate check count as healthy from now on."""
     phase: Phase = "post" if request.phase == "post" else "pre"
-    reason = may_ignore_gate(d.deciders, d.attempt.gates, phase, request.check, request.by)
+    reason = may_ignore_gate(
+        d.deciders, d.attempt.gates, phase, request.check, request.by, request.groups
+    )
     if reason is not None:
         return d.trail.refuse(request.by, "ignore_gate", reason, request_id=request.request_id)
     state = next(g for g in reversed(d.attempt.gates) if g.phase == phase)

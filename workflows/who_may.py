@@ -12,6 +12,7 @@ is refused, in words that tell the person what would work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,13 +39,27 @@ class Deciders:
                 entries += [e for e in conditions.approvals.approvers if e not in entries]
         return entries
 
+    def entries_for(self, named: list[str]) -> list[str]:
+        """The approver entries that decide something the pipeline names `named` for:
+        those, else the stage's approvers, else the release's creator (the rule above)."""
+        for entries in (named, self.stage_approvers()):
+            if self.pipeline.names_anyone(entries):
+                return entries
+        return [self.creator]
+
     def of(self, named: list[str]) -> list[str]:
-        """The users who decide something the pipeline names `named` for."""
-        return (
-            self.pipeline.people(named)
-            or self.pipeline.people(self.stage_approvers())
-            or [self.creator]
-        )
+        """The users, by name, who decide something the pipeline names `named` for
+        (members of an identity-provider group are known only when they sign in)."""
+        return self.pipeline.people(self.entries_for(named))
+
+    def who(self, named: list[str]) -> list[str]:
+        """Who decides it, in words: the users, then the identity-provider groups."""
+        entries = self.entries_for(named)
+        return self.pipeline.people(entries) + self.pipeline.idp_groups(entries)
+
+    def allows(self, named: list[str], user: str, groups: Sequence[str] = ()) -> bool:
+        """Whether this person decides something the pipeline names `named` for."""
+        return any(self.pipeline.stands_for(e, user, groups) for e in self.entries_for(named))
 
     def policy(self, phase: Phase) -> ApprovalPolicy | None:
         conditions = self.stage.pre_deployment if phase == "pre" else self.stage.post_deployment
@@ -59,8 +74,10 @@ def judge_approval(
     phase: Phase,
     user: str,
     approve: bool,
+    groups: Sequence[str] = (),
 ) -> tuple[str | None, int | None]:
-    """(refusal reason or None, the approver entry the decision satisfies)."""
+    """(refusal reason or None, the approver entry the decision satisfies); `groups`,
+    the identity-provider groups the person signed in with."""
     state = next((a for a in approvals if a.phase == phase), None)
     policy = deciders.policy(phase)
     other = "post" if phase == "pre" else "pre"
@@ -69,21 +86,25 @@ def judge_approval(
         hint = f"; the {other}-deployment approval is (use {'--post' if other == 'post' else 'no --post'})"
     if state is None or policy is None or state.status == "skipped":
         return f"no {phase}-deployment approval is pending{hint}", None
-    accepted, reason, entry = policy.judge(state, user, approve)
+    accepted, reason, entry = policy.judge(state, user, approve, groups)
     if not accepted and state.status != "pending":
         reason += hint
     return (None, entry) if accepted else (reason, None)
 
 
 def may_end_deferral(
-    deciders: Deciders, approvals: list[ApprovalState], deferred: bool, user: str
+    deciders: Deciders,
+    approvals: list[ApprovalState],
+    deferred: bool,
+    user: str,
+    groups: Sequence[str] = (),
 ) -> str | None:
     """`deploy --now`: whoever may approve the pre-deployment approval that deferred it."""
     policy = deciders.policy("pre")
     state = next((a for a in approvals if a.phase == "pre"), None)
     if not deferred or policy is None or state is None:
         return "the deployment is not deferred"
-    if not policy.is_approver(user):
+    if not policy.is_approver(user, groups):
         return f"{user} is not an approver (approvers: {', '.join(policy.approvals.approvers)})"
     if user == deciders.creator and not policy.approvals.creator_can_approve:
         return f"{user} created the release and may not approve it"
@@ -91,7 +112,12 @@ def may_end_deferral(
 
 
 def may_ignore_gate(
-    deciders: Deciders, gates: list[GateState], phase: Phase, check: str, user: str
+    deciders: Deciders,
+    gates: list[GateState],
+    phase: Phase,
+    check: str,
+    user: str,
+    groups: Sequence[str] = (),
 ) -> str | None:
     """Letting a gate check count as healthy: the phase's approvers, by the rule above."""
     conditions = deciders.stage.pre_deployment if phase == "pre" else deciders.stage.post_deployment
@@ -101,9 +127,9 @@ def may_ignore_gate(
             f" (checks: {', '.join(labels)})" if labels else ""
         )
     named = conditions.approvals.approvers if conditions and conditions.approvals else []
-    allowed = deciders.of(named)
-    if user not in allowed:
-        return f"{user} may not ignore {phase}-deployment gates (who may: {', '.join(allowed)})"
+    if not deciders.allows(named, user, groups):
+        who = ", ".join(deciders.who(named))
+        return f"{user} may not ignore {phase}-deployment gates (who may: {who})"
     state = next((g for g in reversed(gates) if g.phase == phase), None)
     if state is None or state.status not in ("waiting", "evaluating"):
         return f"the {phase}-deployment gates are not being evaluated"
@@ -111,12 +137,12 @@ def may_ignore_gate(
 
 
 def may_decide_intervention(
-    deciders: Deciders, approvers: list[str] | None, user: str
+    deciders: Deciders, approvers: list[str] | None, user: str, groups: Sequence[str] = ()
 ) -> str | None:
     """Resume or reject a manual intervention (`approvers` None: none is pending)."""
     if approvers is None:
         return "no manual intervention is pending"
-    allowed = deciders.of(approvers)
-    if user not in allowed:
-        return f"{user} may not decide this intervention (who may: {', '.join(allowed)})"
+    if not deciders.allows(approvers, user, groups):
+        who = ", ".join(deciders.who(approvers))
+        return f"{user} may not decide this intervention (who may: {who})"
     return None

@@ -172,9 +172,12 @@ async def _events(session: AsyncSession, release_id: int) -> Sequence[AuditEvent
     )
 
 
-async def releases_waiting_on(db: Database, user: str | None = None) -> list[Waiting]:
+async def releases_waiting_on(
+    db: Database, user: str | None = None, groups: Sequence[str] = ()
+) -> list[Waiting]:
     """What waits on people across active releases (pending approvals, manual
-    interventions, deferrals); with `user`, only what that user may act on now."""
+    interventions, deferrals); with `user`, only what that user (signed in with
+    identity-provider `groups`) may act on now."""
     async with db.reading() as session:
         stages, deployments, r = ReleaseStageRow, DeploymentRow, ReleaseRow
         found = (
@@ -224,7 +227,7 @@ async def releases_waiting_on(db: Database, user: str | None = None) -> list[Wai
                 revision=revision,
             )
             for wait in waits_of(spec, deployment.stage, attempts[deployment.id]):
-                if user is None or user in wait.users:
+                if user is None or wait.waits_on(user, groups):
                     waits.append(wait)
         waits.sort(key=lambda w: (w.pipeline, w.number, w.stage, w.kind, w.phase))
         return waits

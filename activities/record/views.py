@@ -3,6 +3,7 @@ StageAttempt, AuditEvent), which they return where those fit."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import Field
@@ -24,11 +25,19 @@ class Waiting(Model):
     phase: str = Field(description="pre or post for an approval and a deferral; '' otherwise")
     approvers: list[str] = Field(description="the entries still needed, as the pipeline names them")
     users: list[str] = Field(description="who may act now, groups expanded")
+    groups: list[str] = Field(
+        [], description="identity-provider groups whose members may act now (oidc:NAME)"
+    )
     deadline: datetime | None = None
 
     @property
     def reference(self) -> str:
         return f"{self.pipeline}/{self.number}"
+
+    def waits_on(self, user: str, groups: Sequence[str] = ()) -> bool:
+        """Whether this person may act on it now: by name, or through a group they
+        signed in with."""
+        return user in self.users or any(g in groups for g in self.groups)
 
 
 class Deployed(Model):

@@ -20,8 +20,14 @@ def waits_of(spec: ReleaseSpec, stage: str, attempt: StageAttempt) -> list[Waiti
     deciders = Deciders(spec.pipeline, spec.pipeline.stage(stage), spec.created_by)
 
     def waiting(
-        kind: str, phase: str, entries: list[str], users: list[str], deadline: datetime | None
+        kind: str,
+        phase: str,
+        entries: list[str],
+        users: list[str],
+        deadline: datetime | None,
+        deciding: list[str] | None = None,
     ) -> Waiting:
+        """`deciding`: the entries that decide it, where not `entries` themselves."""
         return Waiting(
             pipeline=spec.pipeline.name,
             number=spec.number,
@@ -32,6 +38,10 @@ def waits_of(spec: ReleaseSpec, stage: str, attempt: StageAttempt) -> list[Waiti
             phase=phase,
             approvers=entries,
             users=users,
+            groups=[
+                g.removeprefix("group:")
+                for g in spec.pipeline.idp_groups(entries if deciding is None else deciding)
+            ],
             deadline=deadline,
         )
 
@@ -51,7 +61,14 @@ def waits_of(spec: ReleaseSpec, stage: str, attempt: StageAttempt) -> list[Waiti
                 if task and candidate.name == task.task and candidate.manual_intervention:
                     entries = candidate.manual_intervention.approvers
         waits.append(
-            waiting("intervention", "", entries, deciders.of(entries), attempt.waiting_until)
+            waiting(
+                "intervention",
+                "",
+                entries,
+                deciders.of(entries),
+                attempt.waiting_until,
+                deciders.entries_for(entries),
+            )
         )
     pre = deciders.policy("pre")
     if attempt.status == StageStatus.DEFERRED and pre is not None:

@@ -7,10 +7,11 @@ deploys, redeploys and cancels stages, `admin` also grants roles. A stage with
 deploy it, not the pipeline's releasers.
 
 Approvers are not roles: the pipeline names them. A person it names as an
-approver of any stage (directly, or through one of its `groups:`) may view the
-pipeline and send
-decisions on the stages they approve; whether a decision counts is the
-workflow's rule (workflows/who_may.py), always for the authenticated user.
+approver of any stage (directly, through one of its `groups:`, or through an
+identity-provider group it names, `group:oidc:NAME`) may view the pipeline and send
+decisions on the stages they approve; whether a decision counts is the workflow's
+rule (workflows/who_may.py), always for the authenticated user and the groups their
+sign-in carried.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ def _entries_of(stage: Stage) -> list[str]:
     return [entry for entries in stage.approver_lists() for entry in entries]
 
 
-def deciders_of(spec: ReleaseSpec, stage: Stage) -> set[str]:
-    """The users who may decide something on `stage` of this release, by the pipeline's
-    rule (its approvers; where it names none, the release's creator)."""
-    deciders = Deciders(pipeline=spec.pipeline, stage=stage, creator=spec.created_by)
-    return set(deciders.of(_entries_of(stage))) | set(deciders.of([]))
-
-
 def is_decider(principal: Principal, spec: ReleaseSpec, stage: Stage) -> bool:
-    return principal.user in deciders_of(spec, stage)
+    """Whether the pipeline names this person for a decision on `stage` of this release,
+    by its rule (its approvers, by name, group, or identity-provider group; where it
+    names none, the release's creator)."""
+    deciders = Deciders(pipeline=spec.pipeline, stage=stage, creator=spec.created_by)
+    return any(
+        deciders.allows(named, principal.user, principal.groups)
+        for named in (_entries_of(stage), [])
+    )
 
 
 def is_approver_anywhere(principal: Principal, spec: ReleaseSpec) -> bool:

@@ -274,7 +274,10 @@ def add_routes(api: APIRouter) -> None:
 
     @api.get("/approvals", tags=["approvals"], summary="everything waiting on a person")
     async def approvals(svc: ServiceDep, can: AccessDep, mine: bool = False) -> list[Waiting]:
-        waiting = await record.releases_waiting_on(svc.db, can.principal.user if mine else None)
+        who = can.principal
+        waiting = await record.releases_waiting_on(
+            svc.db, who.user if mine else None, who.groups if mine else ()
+        )
         if mine:
             return waiting
         return [w for w in waiting if await can.may_view(w.pipeline)]
@@ -391,7 +394,9 @@ def add_routes(api: APIRouter) -> None:
         can: AccessDep,
     ) -> Verdict:
         async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
-            return await actions.deploy_now(client, ref, stage, can.principal.user, request_id)
+            return await actions.deploy_now(
+                client, ref, stage, can.principal.user, request_id, can.principal.groups
+            )
 
         return await _decision(svc, can, pipeline, number, stage, "deploy_now", body, send)
 
@@ -410,7 +415,14 @@ def add_routes(api: APIRouter) -> None:
     ) -> Verdict:
         async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
             return await actions.ignore_gate(
-                client, ref, stage, can.principal.user, body.check, body.phase, request_id
+                client,
+                ref,
+                stage,
+                can.principal.user,
+                body.check,
+                body.phase,
+                request_id,
+                can.principal.groups,
             )
 
         return await _decision(svc, can, pipeline, number, stage, "ignore_gate", body, send)
@@ -468,6 +480,7 @@ def _decide(
             comment=comment,
             defer_until=defer_until,
             request_id=request_id,
+            groups=can.principal.groups,
         )
 
     return send
