@@ -97,9 +97,13 @@ def subject(request: NotificationRequest) -> str:
     return f"[Stageflow] {target}: {request.status or 'finished'}"
 
 
-def render(request: NotificationRequest, web_ui: str | None = None) -> tuple[str, str, str]:
-    """Subject, text body and HTML body of the mail for `request`."""
-    context = _template_context(request, web_ui)
+def render(
+    request: NotificationRequest, web_ui: str | None = None, public_url: str | None = None
+) -> tuple[str, str, str]:
+    """Subject, text body and HTML body of the mail for `request`; `public_url`, where
+    people reach Stageflow's own pages (STAGEFLOW_PUBLIC_URL): the mail links the
+    release's page there."""
+    context = _template_context(request, web_ui, public_url)
     text = _templates.get_template(f"{request.kind}.txt.j2").render(context)
     html = _templates.get_template(f"{request.kind}.html.j2").render(context)
     return subject(request), text, html
@@ -108,10 +112,17 @@ def render(request: NotificationRequest, web_ui: str | None = None) -> tuple[str
 class Notifier:
     """Sends Stageflow's mails; holds the SMTP settings and the outbox directory."""
 
-    def __init__(self, smtp: SmtpSettings, outbox_dir: Path, web_ui: str | None = None) -> None:
+    def __init__(
+        self,
+        smtp: SmtpSettings,
+        outbox_dir: Path,
+        web_ui: str | None = None,
+        public_url: str | None = None,
+    ) -> None:
         self._smtp = smtp
         self._outbox_dir = outbox_dir
         self._web_ui = web_ui.rstrip("/") if web_ui else None
+        self._public_url = public_url.rstrip("/") if public_url else None
 
     @activity.defn(name=SEND_NOTIFICATION.name)
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
@@ -165,7 +176,7 @@ class Notifier:
         header with a line break) fails this activity once, with the reason: trying
         again would build it the same way."""
         try:
-            subject_line, text, html = render(request, self._web_ui)
+            subject_line, text, html = render(request, self._web_ui, self._public_url)
             return [
                 (recipient, self._message(request, recipient, subject_line, text, html))
                 for recipient in request.recipients
@@ -221,7 +232,9 @@ class Notifier:
         )
 
 
-def _template_context(request: NotificationRequest, web_ui: str | None) -> dict[str, Any]:
+def _template_context(
+    request: NotificationRequest, web_ui: str | None, public_url: str | None = None
+) -> dict[str, Any]:
     release = request.release
     return {
         "release": release,
@@ -237,7 +250,13 @@ def _template_context(request: NotificationRequest, web_ui: str | None) -> dict[
         "instructions": request.instructions,
         "message": request.message,
         "link": _web_ui_link(web_ui, release.pipeline, release.number) if web_ui else None,
+        "page": release_page(public_url, release.pipeline, release.number) if public_url else None,
     }
+
+
+def release_page(public_url: str, pipeline: str, number: int) -> str:
+    """The release's page among Stageflow's own (starter/web), under the public URL."""
+    return f"{public_url.rstrip('/')}/releases/{quote(pipeline, safe='')}/{number}"
 
 
 def _web_ui_link(web_ui: str, pipeline: str, number: int) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import json
 import os
@@ -435,6 +436,15 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 flush=True,
             )
 
+    # Mails link the releases' pages on this API, unless STAGEFLOW_PUBLIC_URL says where
+    # people reach it.
+    # The pages link each workflow in the Web UI `up` starts.
+    settings = dataclasses.replace(
+        settings,
+        public_url=settings.public_url or listener.url,
+        temporal_ui_url=settings.temporal_ui_url
+        or (None if args.headless else f"http://127.0.0.1:{args.port + 1000}"),
+    )
     try:
         return await run_stack(
             settings,

@@ -480,3 +480,30 @@ async def test_json_stays_json_while_the_server_restarts(tmp_path: Path) -> None
             stack.stop_all()
     finally:
         stop_process(server)
+
+
+@pytest.mark.parametrize("url", ["stageflow.example.com", "ftp://example.com", "https://x/?a=1"])
+def test_a_public_url_that_is_not_an_http_url_stops_a_worker_before_it_starts(
+    url: str, tmp_path: Path
+) -> None:
+    """STAGEFLOW_PUBLIC_URL is where mails link the releases' pages: a bad one is named
+    at start, exit 2, not found out in the first mail."""
+    result = subprocess.run(
+        [sys.executable, "-m", "starter.cli", "worker"],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "STAGEFLOW_DATA_DIR": str(tmp_path / "data"),
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+            "STAGEFLOW_PUBLIC_URL": url,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (
+        f"error: STAGEFLOW_PUBLIC_URL: {url!r} is not an http(s) URL like "
+        "https://stageflow.example.com\n"
+    )

@@ -29,6 +29,7 @@ ALICE = Recipient(user="alice", email="alice@example.com")
 BOB = Recipient(user="bob", email="bob@example.com")
 DEADLINE = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
 WEB_UI = "http://127.0.0.1:8233"
+PUBLIC_URL = "https://stageflow.example.com"
 
 
 def free_port() -> int:
@@ -154,7 +155,9 @@ def test_commands_shell_quote_unsafe_stage_names() -> None:
 async def test_approval_mail_reaches_each_recipient_with_the_command_on_its_own_line(
     smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
-    notifier = Notifier(smtp_server.settings, tmp_path / "outbox", web_ui=WEB_UI)
+    notifier = Notifier(
+        smtp_server.settings, tmp_path / "outbox", web_ui=WEB_UI, public_url=PUBLIC_URL + "/"
+    )
 
     result = await notifier.send_notification(approval_request([ALICE, BOB]))
 
@@ -192,7 +195,10 @@ async def test_approval_mail_reaches_each_recipient_with_the_command_on_its_own_
         f"{WEB_UI}/namespaces/default/workflows/release%2Fwebapp%2F7",
     ):
         assert fact in text, fact
+    # The release's page, where the approver can decide it (STAGEFLOW_PUBLIC_URL).
+    assert f"The release: {PUBLIC_URL}/releases/webapp/7" in lines
     html = part(alice, "html")
+    assert f'<a href="{PUBLIC_URL}/releases/webapp/7">Open the release in Stageflow</a>' in html
     assert "stageflow approve webapp/7 prod" in html
     assert "2026-12-01T03:00:00Z" in html
     assert f'href="{WEB_UI}/namespaces/default/workflows/release%2Fwebapp%2F7"' in html
@@ -207,6 +213,8 @@ async def test_html_part_escapes_the_release_description(
     await notifier.send_notification(approval_request([ALICE], description=description))
 
     (message,) = smtp_server.inbox.messages()
+    # Without a public URL there is no page to link.
+    assert "Open the release in Stageflow" not in part(message, "html")
     html = part(message, "html")
     assert "<script>" not in html
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in html

@@ -49,7 +49,9 @@ def control_worker(
 ) -> Worker:
     """Every workflow, and the control activities: start planning, mail, HTTP gate
     checks, the record's writes."""
-    notifier = Notifier(settings.smtp, settings.outbox_dir, web_ui=web_ui)
+    notifier = Notifier(
+        settings.smtp, settings.outbox_dir, web_ui=web_ui, public_url=settings.public_url
+    )
     return Worker(
         client,
         task_queue=task_queue,

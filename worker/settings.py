@@ -42,6 +42,10 @@ class Settings:
     # The record (activities/record): None is the SQLite file in the data dir. Not in
     # repr: a PostgreSQL URL may hold a password.
     database_url: str | None = field(default=None, repr=False)
+    # Where people reach the API and pages (STAGEFLOW_PUBLIC_URL): mails link there.
+    public_url: str | None = None
+    # The Temporal Web UI (STAGEFLOW_TEMPORAL_UI_URL): the pages link each workflow there.
+    temporal_ui_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +73,10 @@ class Settings:
             smtp=SmtpSettings.from_env(env),
             codec_key=env.get("STAGEFLOW_CODEC_KEY") or None,
             database_url=env.get("STAGEFLOW_DATABASE_URL") or None,
+            public_url=public_url(env.get("STAGEFLOW_PUBLIC_URL", "")),
+            temporal_ui_url=public_url(
+                env.get("STAGEFLOW_TEMPORAL_UI_URL", ""), "STAGEFLOW_TEMPORAL_UI_URL"
+            ),
         )
 
     def with_flags(self, **flags: object) -> Settings:
@@ -143,3 +151,18 @@ def _runtime() -> Runtime:
     forwarding = LogForwardingConfig(logger=logging.getLogger("temporalio.core"))
     logs = LoggingConfig(filter=LoggingConfig.default.filter, forwarding=forwarding)
     return Runtime(telemetry=TelemetryConfig(logging=logs))
+
+
+def public_url(text: str, variable: str = "STAGEFLOW_PUBLIC_URL") -> str | None:
+    """A base URL from the environment checked: http(s) with a host, no query or
+    fragment (paths are put under it); '' is None. A ValueError names the variable."""
+    from urllib.parse import urlsplit
+
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(
+            f"{variable}: {text!r} is not an http(s) URL like https://stageflow.example.com"
+        )
+    return text.rstrip("/")

@@ -270,8 +270,7 @@ def _print_banner(
         print(line)
     print(
         f"Server log: {log_file}\n"
-        "Try:\n"
-        f"  export TEMPORAL_ADDRESS={settings.address}\n"
+        "Try (signed in as the admin `up` made, or `stageflow login`):\n"
         "  stageflow release create examples/webapp/pipeline.yml --wait\n"
         "  stageflow release list\n"
         "  stageflow release show webapp/1\n"
