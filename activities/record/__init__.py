@@ -23,6 +23,7 @@ from activities.record.meta import MetaRow, get_meta, set_meta
 from activities.record.queries import (
     deployed_on,
     history,
+    pipeline_names,
     release,
     release_spec,
     releases,
@@ -32,6 +33,7 @@ from activities.record.queries import (
     trail,
 )
 from activities.record.requests import ApiRequestRow, record_request, request_answered, sender_of
+from activities.record.sessions import WebSessionRow, end_session, open_session, session_identity
 from activities.record.views import (
     Deployed,
     RecordedRevision,
@@ -53,10 +55,15 @@ from activities.record.writes import (
 
 __all__ = [
     "ApiRequestRow",
+    "WebSessionRow",
+    "end_session",
+    "open_session",
+    "session_identity",
     "record_request",
     "request_answered",
     "sender_of",
     "Database",
+    "pipeline_names",
     "Deployed",
     "User",
     "MetaRow",

@@ -252,6 +252,12 @@ async def status_matrix(db: Database, pipeline: str, releases: int = 10) -> Stat
         return StatusMatrix(pipeline=pipeline, stages=names, releases=rows, deployed=deployed)
 
 
+async def pipeline_names(db: Database) -> list[str]:
+    """Every pipeline the record knows, by name."""
+    async with db.reading() as session:
+        return list(await _all(session, select(PipelineRow.name).order_by(PipelineRow.name)))
+
+
 async def revisions(db: Database, pipeline: str) -> list[RecordedRevision]:
     """The pipeline's change history: each definition revision, who brought it, when."""
     async with db.reading() as session:

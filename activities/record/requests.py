@@ -109,6 +109,19 @@ async def sender_of(db: Database, request_id: str) -> str | None:
         ).scalar_one_or_none()
 
 
+async def request_of(db: Database, request_id: str, actor: str) -> ApiRequestRow | None:
+    """`actor`'s request of this id, as it stands (its outcome, the answer's detail)."""
+    async with db.reading() as session:
+        return (
+            await session.execute(
+                select(ApiRequestRow)
+                .where(ApiRequestRow.request_id == request_id, ApiRequestRow.actor == actor)
+                .order_by(ApiRequestRow.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+
 async def requests_of(db: Database, release_id: int) -> list[ApiRequestRow]:
     async with db.reading() as session:
         found = await session.execute(

@@ -102,6 +102,7 @@ def create_app(
 ) -> FastAPI:
     """The API for `settings`' record and Temporal; `oidc` None reads STAGEFLOW_OIDC_*."""
     from starter.api import routes, routes_identity, routes_logs
+    from starter.web import pages
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -149,6 +150,7 @@ def create_app(
     routes_identity.add_identity_routes(api)
     routes_logs.add_log_routes(api)
     app.include_router(api)
+    pages.add_pages(app, web_ui=settings.temporal_ui_url)
     return app
 
 

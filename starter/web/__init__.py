@@ -1,0 +1,1 @@
+"""Stageflow's web pages (issue 14): starter/web/pages.py says what is where."""
