@@ -80,6 +80,7 @@ class World:
     url: str
     ref: ReleaseRef
     tokens: dict[str, str]
+    path: Path
 
     @property
     def release_path(self) -> str:
@@ -96,13 +97,14 @@ async def world(
         await stack.start_worker()
         await stack.start_agent("a1")
         url = stack.api()
-        tokens = {name: stack.token(name, admin=False) for name in ("alice", "victor")}
+        tokens = {name: stack.token(name, admin=False) for name in ("alice", "victor", "rhea")}
         path = stack.write_pipeline(PIPELINE.format(name=f"shop-{stack.suffix}"))
         ref, _ = await stack.create(path, user="carol", description="Spring sale")
         settings = Settings.from_env(stack.env())
         db = open_database(settings.record_url)
         try:
             await grant(db, ref.pipeline, None, "user:victor", "viewer", by="test")
+            await grant(db, ref.pipeline, None, "user:rhea", "releaser", by="test")
 
             async def both_wait() -> bool:
                 found = await record.release(db, ref.pipeline, ref.number)
@@ -113,7 +115,7 @@ async def world(
             await wait_for(both_wait, timeout=60, what="staging and prod to wait for alice")
         finally:
             await db.close()
-        yield World(stack=stack, url=url, ref=ref, tokens=tokens)
+        yield World(stack=stack, url=url, ref=ref, tokens=tokens, path=path)
     finally:
         stack.stop_all()
 
@@ -263,3 +265,99 @@ async def test_a_viewer_sees_the_pages_without_a_button_and_a_forged_post_is_ref
         )
     refused = [e for e in trail.json() if e["outcome"] == "refused" and e["actor"] == "alice"]
     assert any("CSRF token is missing" in e["detail"] for e in refused), refused
+
+
+async def test_bulk_approval_a_deferral_a_refusal_and_the_pipeline_page(
+    world: World, browser: object
+) -> None:
+    from playwright.async_api import expect
+
+    # A new revision of the pipeline (prod's approvers change), and two releases of it.
+    old = "approvals: {approvers: [alice]}"
+    head, tail = world.path.read_text().rsplit(old, 1)  # prod's, the second
+    world.path.write_text(head + "approvals: {approvers: [alice, bob]}" + tail)
+    second, _ = await world.stack.create(world.path, user="carol")
+    third, _ = await world.stack.create(world.path, user="carol")
+    page = await signed_in(browser, world, "alice")
+
+    async def waiting_rows() -> int:
+        await page.goto("/approvals")
+        return await page.locator("input[name=selected]").count()
+
+    await wait_for(lambda: _at_least(waiting_rows, 4), timeout=60, what="both releases waiting")
+
+    # Bulk: select release 2's two approvals and approve them at once.
+    for stage in ("staging", "prod"):
+        await page.get_by_label(f"select {second} {stage}").check()
+    await page.get_by_label("Comment for the selected approvals (optional)").fill("bulk ok")
+    await page.get_by_test_id("approve-selected").click()
+    await page.wait_for_url("**/approvals?done=*")
+    answers = await page.get_by_test_id("answer").all_inner_texts()
+    assert len(answers) == 2 and all("accepted" in a for a in answers), answers
+
+    # A deferral: approve release 3's staging to deploy in a year; it waits, deferred,
+    # until deploy now.
+    row = page.get_by_test_id(f"waiting-{third}/staging")
+    await row.get_by_label("Deploy at").fill("2027-12-01T09:30")
+    await row.get_by_test_id("approve-staging").click()
+    await page.wait_for_url("**/approvals?done=*")
+    await expect(page.get_by_test_id("answer")).to_contain_text("deferred until 2027-12-01")
+    release = f"/releases/{third.pipeline}/{third.number}"
+    await page.goto(release)
+    await expect(page.get_by_test_id("changes")).to_have_text("no artifact changed")
+    await expect(page.get_by_test_id("status-staging")).to_have_text("◷ deferred", timeout=30_000)
+    await page.get_by_test_id("deploy_now-staging").click()
+    await expect(page.get_by_test_id("answer")).to_contain_text("deploy now of staging: accepted")
+    await expect(page.get_by_test_id("status-staging")).to_have_text("✓ succeeded", timeout=60_000)
+
+    # A refusal shows the workflow's reason: the same approval, sent from a page drawn
+    # before another tab decided it.
+    stale = await page.context.new_page()
+    await stale.goto(release)
+    await page.goto(release)
+    await page.get_by_test_id("approve-prod").click()
+    await expect(page.get_by_test_id("answer")).to_contain_text("approve of prod: accepted")
+    await stale.get_by_test_id("approve-prod").click()
+    await expect(stale.get_by_test_id("answer")).to_contain_text("approve of prod: refused — ")
+    await stale.close()
+
+    # The pipeline page: its stages' rules, and the two revisions with their diff.
+    await page.goto(f"/pipelines/{world.ref.pipeline}")
+    rules = page.locator("table.rules")
+    await expect(rules).to_contain_text("before: alice, bob (any)")
+    await expect(page.locator("table.revisions tbody tr")).to_have_count(2)
+    # prod's approvers gained bob: the one line added between the two definitions.
+    added = page.locator("pre.diff span.add")
+    await expect(added).to_have_count(2)  # the +++ header and the line
+    await expect(added.nth(1)).to_have_text(re.compile(r"^\+\s+- bob$"))
+    assert await every_control_is_labelled(page) == []
+    await page.context.close()
+
+    # A releaser redeploys a stage from its page; an approver has no such button.
+    assert await signed_in_page_has(browser, world, "alice", release, "redeploy-staging") is False
+    rhea = await signed_in(browser, world, "rhea")
+    await rhea.goto(release)
+    await rhea.get_by_test_id("redeploy-staging").click()
+    await expect(rhea.get_by_test_id("answer")).to_contain_text("redeploy of staging: accepted")
+    await expect(rhea.locator("#stage-staging .meta").first).to_contain_text(
+        "attempt 2", timeout=30_000
+    )
+    # Its second attempt waits for alice's approval, as every deployment of staging does.
+    await expect(rhea.get_by_test_id("status-staging")).to_have_text(
+        "? waiting for approval", timeout=30_000
+    )
+    await rhea.context.close()
+
+
+async def signed_in_page_has(
+    browser: object, world: World, user: str, path: str, test_id: str
+) -> bool:
+    page = await signed_in(browser, world, user)
+    await page.goto(path)
+    found = await page.get_by_test_id(test_id).count() > 0
+    await page.context.close()
+    return found
+
+
+async def _at_least(count: object, wanted: int) -> bool:
+    return bool(await count() >= wanted)  # type: ignore[operator]

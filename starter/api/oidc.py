@@ -75,6 +75,12 @@ class OidcSettings:
     # so an outage of the provider does not sign everybody out at once.
     stale_keys_grace: timedelta = timedelta(hours=1)
     fetch_timeout: timedelta = timedelta(seconds=5)
+    # Signing in to the pages through the provider (authorization code with PKCE): the
+    # client Stageflow is registered as (its ID tokens name it as their audience, so it
+    # is the audience unless set), its secret for a confidential client, the scopes.
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    scopes: str = "openid profile"
 
     def __post_init__(self) -> None:
         if not self.issuer:
@@ -112,7 +118,14 @@ class OidcSettings:
             algorithms=tuple(a.strip() for a in algorithms.split(",") if a.strip())
             if algorithms
             else DEFAULT_ALGORITHMS,
+            client_id=env.get("STAGEFLOW_OIDC_CLIENT_ID") or None,
+            client_secret=env.get("STAGEFLOW_OIDC_CLIENT_SECRET") or None,
+            scopes=env.get("STAGEFLOW_OIDC_SCOPES") or "openid profile",
         )
+
+    @property
+    def client(self) -> str:
+        return self.client_id or self.audience
 
 
 @dataclass(frozen=True)
@@ -174,12 +187,21 @@ class OidcVerifier:
         self._last_fetch: float | None = None
         self._last_problem: str | None = None
         self._lock = asyncio.Lock()
+        self._endpoints: tuple[str, str] | None = None
 
-    async def verify(self, token: str, now: datetime | None = None) -> OidcIdentity:
+    async def verify(
+        self,
+        token: str,
+        now: datetime | None = None,
+        nonce: str | None = None,
+        audience: str | None = None,
+    ) -> OidcIdentity:
         """The identity `token` proves, or InvalidToken saying why not.
 
         `now` is the time to judge the token and the key cache by (the wall clock when
-        None); tests set it instead of sleeping.
+        None); tests set it instead of sleeping. `nonce`: an ID token from a sign-in
+        must carry the nonce that sign-in sent (no token replayed from another), and
+        name as `audience` the client that asked for it (settings.client).
         """
         at = _timestamp(now)
         signed, header, claims = self._parse(token)
@@ -198,8 +220,27 @@ class OidcVerifier:
             raise InvalidToken("malformed token: its 'kid' header is not a string")
         key = await self._signing_key(kid, at)
         self._check_signature(signed, key, algorithm, kid)
-        self._check_claims(claims, at)
+        self._check_claims(claims, at, audience or self.settings.audience)
+        if nonce is not None and claims.get("nonce") != nonce:
+            raise InvalidToken("the ID token's nonce is not this sign-in's")
         return self._identity(claims)
+
+    async def endpoints(self) -> tuple[str, str]:
+        """The provider's authorization and token endpoints, from its discovery document
+        (InvalidToken when it cannot be read or names none)."""
+        if self._endpoints is None:
+            url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            try:
+                document = await self._get_json(url, "the issuer's discovery document")
+            except _FetchFailed as error:
+                raise InvalidToken(str(error)) from None
+            found = document.get("authorization_endpoint"), document.get("token_endpoint")
+            if document.get("issuer") != self.settings.issuer or not all(
+                isinstance(e, str) and e.startswith(("https://", "http://")) for e in found
+            ):
+                raise InvalidToken(f"{url} names no authorization and token endpoints")
+            self._endpoints = (str(found[0]), str(found[1]))
+        return self._endpoints
 
     def _parse(self, token: str) -> tuple[jws.CompactSignature, dict[str, Any], dict[str, Any]]:
         try:
@@ -235,12 +276,12 @@ class OidcVerifier:
         if not valid:
             raise InvalidToken("bad signature")
 
-    def _check_claims(self, claims: dict[str, Any], at: float) -> None:
+    def _check_claims(self, claims: dict[str, Any], at: float, audience: str) -> None:
         registry = JWTClaimsRegistry(
             now=int(at),
             leeway=int(self.settings.leeway.total_seconds()),
             iss={"essential": True, "value": self.settings.issuer},
-            aud={"essential": True, "value": self.settings.audience},
+            aud={"essential": True, "value": audience},
             exp={"essential": True},
             sub={"essential": True},
         )
@@ -252,6 +293,9 @@ class OidcVerifier:
             names = ", ".join(repr(name) for name in error.claim.split(","))
             raise InvalidToken(f"missing claim {names}") from None
         except ClaimError as error:
+            if error.claim == "aud":
+                wrong = claims.get("aud")
+                raise InvalidToken(f"wrong audience {wrong!r} (expected {audience!r})") from None
             raise InvalidToken(self._claim_problem(error, claims)) from None
 
     def _claim_problem(self, error: ClaimError, claims: dict[str, Any]) -> str:

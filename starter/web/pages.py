@@ -25,11 +25,13 @@ import difflib
 import re
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
+import yaml
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import (
     HTMLResponse,
@@ -46,16 +48,17 @@ from activities import record
 from activities.log_store import read_log
 from activities.record import end_session, open_session
 from activities.record.requests import record_request, request_of
-from activities.record.views import Waiting
+from activities.record.views import RecordedRevision, Waiting
 from starter import releases as actions
 from starter.api.access import Access, is_approver_anywhere, is_decider
 from starter.api.app import Service, ServiceDep
 from starter.api.params import TEXT_PATTERN
-from starter.api.problems import Problem
-from starter.api.routes import Action, Send, _decide, _decision, _spec
+from starter.api.problems import Problem, problem_response
+from starter.api.routes import Action, Send, _act, _decide, _decision, _spec, _stage
 from starter.api.routes_logs import _release, _store
 from starter.logs import follow, key_stem, matches, try_logs
 from starter.release_ref import ReleaseRef
+from starter.web.provider import add_provider_sign_in
 from starter.web.session import (
     COOKIE,
     SignInNeeded,
@@ -76,6 +79,8 @@ FORM_LIMIT = 64 * 1024
 # Releases per pipeline on the dashboard.
 DASHBOARD_RELEASES = 8
 DECISIONS = ("approve", "reject", "resume", "deploy_now")
+# What a releaser does to a stage (the API's deploy, redeploy and cancel).
+RELEASER_ACTIONS = ("deploy", "redeploy", "cancel")
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 COMMENT_LIMIT = 2000  # as the API's (starter/api/params.py Text)
 # A log page shows at most this much at once (`stageflow logs` gives any log whole).
@@ -212,6 +217,21 @@ def add_pages(app: FastAPI, web_ui: str | None = None) -> None:
     async def _sign_in(_request: Request, error: SignInNeeded) -> Response:
         return RedirectResponse(sign_in_url(error.next_path), status_code=303)
 
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, problem: Problem) -> Response:
+        """The API answers problem JSON; a page, a page that says the same."""
+        if request.url.path.startswith("/api/"):
+            return problem_response(problem)
+        visitor = await current_visitor(request, request.app.state.service)
+        return _page(
+            request,
+            "error.html.j2",
+            visitor,
+            problem.status,
+            title=problem.title,
+            detail=problem.detail,
+        )
+
     @app.exception_handler(Forged)
     async def _forged(request: Request, _error: Forged) -> Response:
         return _page(
@@ -226,6 +246,7 @@ def add_pages(app: FastAPI, web_ui: str | None = None) -> None:
 
     pages = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
     _add_sign_in(pages)
+    add_provider_sign_in(pages, _page)
     _add_views(pages)
     _add_decisions(pages)
     app.include_router(pages)
@@ -239,7 +260,7 @@ def _add_sign_in(pages: APIRouter) -> None:
     async def sign_in_form(request: Request, svc: ServiceDep, next: str = "/") -> Response:
         if await current_visitor(request, svc) is not None:
             return RedirectResponse(local_path(next), status_code=303)
-        return _page(request, "sign_in.html.j2", None, next=local_path(next), error="")
+        return _sign_in_page(request, svc, 200, local_path(next), "")
 
     @pages.post("/sign-in")
     async def sign_in(request: Request, svc: ServiceDep) -> Response:
@@ -249,15 +270,14 @@ def _add_sign_in(pages: APIRouter) -> None:
         try:
             who = await svc.authenticator(f"Bearer {token}" if token else None)
         except Problem as problem:
-            return _page(request, "sign_in.html.j2", None, 401, next=target, error=problem.detail)
+            return _sign_in_page(request, svc, 401, target, problem.detail)
         if not who.via.startswith("token "):
-            return _page(
+            return _sign_in_page(
                 request,
-                "sign_in.html.j2",
-                None,
+                svc,
                 401,
-                next=target,
-                error="paste a personal token (sft_…), made with `stageflow token create`",
+                target,
+                "paste a personal token (sft_…), made with `stageflow token create`",
             )
         opened = await open_session(
             svc.db,
@@ -286,6 +306,22 @@ def _add_sign_in(pages: APIRouter) -> None:
         response = RedirectResponse("/sign-in", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
+
+
+def _sign_in_page(
+    request: Request, svc: Service, status_code: int, next_path: str, error: str
+) -> HTMLResponse:
+    """The sign-in form, with the identity provider's button when one is configured."""
+    oidc = svc.authenticator.oidc
+    return _page(
+        request,
+        "sign_in.html.j2",
+        None,
+        status_code,
+        next=next_path,
+        error=error,
+        provider=oidc.settings.issuer if oidc else None,
+    )
 
 
 # --- what people look at --------------------------------------------------------------
@@ -339,7 +375,17 @@ def _add_views(pages: APIRouter) -> None:
             await request_of(svc.db, request_id, visitor.principal.user) if request_id else None
         )
         trail = await record.trail(svc.db, pipeline, number) or []
-        return _page(request, "release.html.j2", visitor, answer=answer, trail=trail, **shown)
+        previous = await record.release(svc.db, pipeline, number - 1) if number > 1 else None
+        return _page(
+            request,
+            "release.html.j2",
+            visitor,
+            answer=answer,
+            trail=trail,
+            previous=previous,
+            changes=_changes(previous, shown["release"]),
+            **shown,
+        )
 
     @pages.get("/releases/{pipeline}/{number}/stages")
     async def stages_part(
@@ -417,28 +463,30 @@ def _add_views(pages: APIRouter) -> None:
         old: str = "",
         new: str = "",
     ) -> Response:
-        await visitor.access.view(pipeline)
+        newest = await record.status_matrix(svc.db, pipeline, 1)
+        if not await _may_see_board(svc, visitor.access, pipeline, newest.releases):
+            await visitor.access.view(pipeline)  # the 403 that says why
         revisions = await record.revisions(svc.db, pipeline)
         if not revisions:
             raise Problem(404, "Not Found", f"pipeline {pipeline!r} not found")
-        newest = revisions[-1]
         by_sha = {r.sha256: r for r in revisions}
         before = by_sha.get(old) or (revisions[-2] if len(revisions) > 1 else None)
-        after = by_sha.get(new) or newest
+        after = by_sha.get(new) or revisions[-1]
         diff = ""
         if before is not None and before is not after:
+            old_text = await _definition_text(svc, pipeline, before)
+            new_text = await _definition_text(svc, pipeline, after)
             diff = "".join(
                 difflib.unified_diff(
-                    (before.definition or "").splitlines(keepends=True),
-                    (after.definition or "").splitlines(keepends=True),
+                    old_text.splitlines(keepends=True),
+                    new_text.splitlines(keepends=True),
                     fromfile=f"{before.sha256[:12]} ({before.author})",
                     tofile=f"{after.sha256[:12]} ({after.author})",
                 )
             )
-        matrix = await record.status_matrix(svc.db, pipeline, 1)
         definition = None
-        if matrix.releases:
-            spec = await record.release_spec(svc.db, pipeline, matrix.releases[0].number)
+        if newest.releases:
+            spec = await record.release_spec(svc.db, pipeline, newest.releases[0].number)
             definition = spec.pipeline if spec else None
         return _page(
             request,
@@ -472,6 +520,45 @@ async def _task_of(
             404, "Not Found", f"stage {stage!r} of {pipeline}/{number} has no task {task!r}"
         )
     return status, runs[0], key_stem(status, stage, latest, runs[0])
+
+
+async def _definition_text(svc: Service, pipeline: str, revision: RecordedRevision) -> str:
+    """A revision's definition as text: as it was written when the record has it, else
+    the definition its first release was made from, as YAML (the same for the same
+    pipeline, so two of them compare line by line)."""
+    if revision.definition:
+        return revision.definition
+    if revision.first_release is None:
+        return ""
+    spec = await record.release_spec(svc.db, pipeline, revision.first_release)
+    if spec is None:
+        return ""
+    shown = spec.pipeline.model_dump(mode="json", exclude_defaults=True)
+    return yaml.safe_dump(shown, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _changes(before: ReleaseStatus | None, after: ReleaseStatus) -> list[dict[str, str]]:
+    """What changed since the release before: each artifact whose version or commit is
+    not the same (an artifact new in this release counts as changed)."""
+    if before is None:
+        return []
+    old = {a.alias: a for a in before.artifacts}
+    found = []
+    for artifact in after.artifacts:
+        was = old.get(artifact.alias)
+        if was is None or (was.version, was.commit) != (artifact.version, artifact.commit):
+            commits = ""
+            if was and was.commit and artifact.commit and was.commit != artifact.commit:
+                commits = f"{was.commit[:10]} → {artifact.commit[:10]}"
+            found.append(
+                {
+                    "alias": artifact.alias,
+                    "before": was.version if was else "(none)",
+                    "after": artifact.version,
+                    "commits": commits,
+                }
+            )
+    return found
 
 
 async def _may_see_board(
@@ -513,7 +600,16 @@ async def _release_context(
     can = visitor.access
     spec = await _spec(svc, can, pipeline, number)
     status = await _release(svc, can, pipeline, number)
-    stages = [_stage_context(visitor, spec, status, view) for view in status.stages]
+    stages = []
+    for view in status.stages:
+        may_release = False
+        if status.state == "active":
+            try:
+                await can.release(pipeline, view.name)
+                may_release = True
+            except Problem:
+                pass
+        stages.append(_stage_context(visitor, spec, status, view, may_release))
     return {
         "release": status,
         "spec": spec,
@@ -525,9 +621,10 @@ async def _release_context(
 
 
 def _stage_context(
-    visitor: Visitor, spec: Any, status: ReleaseStatus, view: StageView
+    visitor: Visitor, spec: Any, status: ReleaseStatus, view: StageView, may_release: bool
 ) -> dict[str, Any]:
-    """One stage as the page shows it, with the decisions this person may send now."""
+    """One stage as the page shows it, with what this person may do to it now: the
+    decisions the pipeline names them for, and (a releaser) deploy, redeploy, cancel."""
     latest = view.latest
     decider = is_decider(visitor.principal, spec, spec.pipeline.stage(view.name))
     offers: list[dict[str, str]] = []
@@ -540,6 +637,13 @@ def _stage_context(
             offers = [{"action": "resume", "phase": ""}, {"action": "reject", "phase": ""}]
         elif view.status == StageStatus.DEFERRED:
             offers = [{"action": "deploy_now", "phase": "pre"}]
+    if may_release:
+        if view.status == StageStatus.NOT_DEPLOYED:
+            offers.append({"action": "deploy", "phase": ""})
+        elif view.status.is_final:
+            offers.append({"action": "redeploy", "phase": ""})
+        else:  # queued, running, scheduled, waiting: it can be stopped
+            offers.append({"action": "cancel", "phase": ""})
     return {
         "view": view,
         "latest": latest,
@@ -610,6 +714,18 @@ async def _send_decision(
     body = Action(request_id=request_id)
     send: Send
     try:
+        if action in RELEASER_ACTIONS:
+            await _act(
+                svc,
+                can,
+                ref,
+                stage,
+                action,
+                body,
+                _releaser_check(svc, can, ref, stage),
+                _releaser_send(can, stage, action),
+            )
+            return
         if action not in DECISIONS or phase not in ("pre", "post"):
             raise Problem(422, "Invalid request", f"no decision {action!r} ({phase})")
         if action == "reject" and not comment:
@@ -646,6 +762,29 @@ async def _send_decision(
             outcome="refused",
             detail=problem.detail,
         )
+
+
+def _releaser_check(
+    svc: Service, can: Access, ref: ReleaseRef, stage: str
+) -> Callable[[], Awaitable[None]]:
+    async def check() -> None:  # as the API's deploy, redeploy and cancel check
+        await _stage(svc, can, ref.pipeline, ref.number, stage)
+        await can.release(ref.pipeline, stage)
+
+    return check
+
+
+def _releaser_send(can: Access, stage: str, action: str) -> Send:
+    async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+        user = can.principal.user
+        if action == "cancel":
+            return await actions.cancel_stage(client, ref, stage, user, request_id)
+        redeploy = action == "redeploy"
+        return await actions.deploy_stage(
+            client, ref, stage, user, redeploy=redeploy, request_id=request_id
+        )
+
+    return send
 
 
 def _defer_until(form: dict[str, list[str]]) -> datetime | None:
