@@ -66,8 +66,8 @@ from starter.web.session import (
     VisitorDep,
     current_visitor,
     local_path,
-    served_over_tls,
     sign_in_url,
+    signed_in,
 )
 from workflows.audit import AuditEvent
 from workflows.names import release_workflow_id
@@ -287,17 +287,7 @@ def _add_sign_in(pages: APIRouter) -> None:
             is_admin=who.is_admin,
             token_id=who.via.removeprefix("token "),
         )
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(
-            COOKIE,
-            opened.cookie.get_secret_value(),
-            expires=opened.expires_at,
-            httponly=True,
-            samesite="lax",
-            secure=served_over_tls(request),
-            path="/",
-        )
-        return response
+        return signed_in(request, target, opened)
 
     @pages.post("/sign-out")
     async def sign_out(request: Request, svc: ServiceDep, visitor: VisitorDep) -> Response:

@@ -35,7 +35,7 @@ from activities.record import open_session
 from activities.record.identity import get_user
 from starter.api.app import Service, ServiceDep
 from starter.api.oidc import InvalidToken, OidcVerifier
-from starter.web.session import COOKIE, local_path, served_over_tls
+from starter.web.session import local_path, served_over_tls, signed_in
 
 FLOW_COOKIE = "stageflow_sign_in"
 FLOW_PATH = "/sign-in/provider"
@@ -139,16 +139,7 @@ def add_provider_sign_in(pages: APIRouter, page: Any) -> None:
         opened = await open_session(
             svc.db, user=who.user, via=f"oidc {who.issuer}", groups=who.groups
         )
-        response = RedirectResponse(local_path(str(flow.get("next", "/"))), status_code=303)
-        response.set_cookie(
-            COOKIE,
-            opened.cookie.get_secret_value(),
-            expires=opened.expires_at,
-            httponly=True,
-            samesite="lax",
-            secure=served_over_tls(request),
-            path="/",
-        )
+        response = signed_in(request, local_path(str(flow.get("next", "/"))), opened)
         response.delete_cookie(FLOW_COOKIE, path=FLOW_PATH)
         return response
 

@@ -18,9 +18,10 @@ from typing import Annotated
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
+from fastapi.responses import RedirectResponse
 
 from activities.record import session_identity
-from activities.record.sessions import SessionIdentity
+from activities.record.sessions import NewSession, SessionIdentity
 from starter.api.access import Access
 from starter.api.app import Service, service
 from starter.api.auth import Principal
@@ -93,3 +94,20 @@ def sign_in_url(next_path: str) -> str:
 
 def served_over_tls(request: Request) -> bool:
     return request.url.scheme == "https"
+
+
+def signed_in(request: Request, target: str, opened: NewSession) -> RedirectResponse:
+    """The answer to a sign-in (with a token, or through the provider): the session's
+    cookie — HttpOnly, SameSite=Lax, Secure over https, for the whole site — and on to
+    `target`."""
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        opened.cookie.get_secret_value(),
+        expires=opened.expires_at,
+        httponly=True,
+        samesite="lax",
+        secure=served_over_tls(request),
+        path="/",
+    )
+    return response
