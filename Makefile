@@ -19,8 +19,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy workflows activities
 
+# The browser tests drive Debian's Chromium (never Playwright's download): installed
+# here when missing, which needs root (CI runs as root); otherwise it says what to run.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "the browser tests need Chromium: sudo apt-get install chromium" >&2; exit 2; \
+	fi
+
 # Two workers, each test file on one of them (a file's module-wide world stays whole).
-test: $(STAMP) lint
+test: $(STAMP) $(CHROMIUM) lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)
