@@ -130,10 +130,32 @@ def build_parser() -> argparse.ArgumentParser:
     reject.add_argument("stage")
     reject.add_argument("--post", action="store_true")
     reject.add_argument("--comment", required=True, help="why (recorded in the history)")
-    resume = command("resume", "go on after a manual intervention")
+    resume = command("resume", "go on after a manual intervention, or a failed task")
     resume.add_argument("release", metavar="PIPELINE/NUMBER")
     resume.add_argument("stage")
     resume.add_argument("--comment", default="")
+    after_failure = resume.add_mutually_exclusive_group()
+    for choice, help in (
+        ("retry", "run the failed task again"),
+        ("skip", "go on without it (the stage ends partially succeeded)"),
+        ("fail", "fail the stage"),
+    ):
+        after_failure.add_argument(
+            f"--{choice}", dest="choice", action="store_const", const=choice, help=help
+        )
+    rollback = command("rollback", "redeploy the release that was on a stage before")
+    rollback.add_argument("pipeline")
+    rollback.add_argument("stage")
+    rollback.add_argument(
+        "--to", type=int, metavar="N", help="release N instead (it must have succeeded there)"
+    )
+    hold = command("hold", "keep a release from a stage and the stages after it")
+    hold.add_argument("release", metavar="PIPELINE/NUMBER")
+    hold.add_argument("stage")
+    hold.add_argument("--reason", required=True, help="why (recorded in the history)")
+    unhold = command("unhold", "let a held release go again")
+    unhold.add_argument("release", metavar="PIPELINE/NUMBER")
+    unhold.add_argument("stage")
     approvals = command("approvals", "everything waiting on a person, across releases")
     approvals.add_argument("--mine", action="store_true", help="only what you can decide")
     gates = command("gates", "gate evaluations of a deployment; --ignore skips one check")
@@ -493,6 +515,9 @@ USER_COMMANDS = {
     "approve",
     "reject",
     "resume",
+    "rollback",
+    "hold",
+    "unhold",
     "gates",
     "approvals",
     "logs",
@@ -543,6 +568,9 @@ USER_HANDLERS = {
     "approve": "commands:approve",
     "reject": "commands:reject",
     "resume": "commands:resume",
+    "rollback": "commands:rollback",
+    "hold": "commands:hold",
+    "unhold": "commands:unhold",
     "gates": "commands:gates",
     "approvals": "read_commands:approvals",
     "logs": "log_commands:logs",

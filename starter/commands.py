@@ -145,7 +145,7 @@ def _due(status: ReleaseStatus) -> list[str]:
     succeeded = {v.name for v in status.stages if v.status == StageStatus.SUCCEEDED}
     due = []
     for view in status.stages[:reach]:
-        if view.attempts:
+        if view.attempts or view.held:
             continue
         if view.trigger == "after release" and "release" not in names:
             due.append(view.name)  # (a stage named `release` makes it `after_stages`)
@@ -184,7 +184,7 @@ def _act(api: Api, ref: ReleaseRef, what: str, path: str, body: dict[str, Any], 
     return _verdict(ref, what, AuditEvent.model_validate(event), json_)
 
 
-def _verdict(ref: ReleaseRef, what: str, event: AuditEvent, as_json: bool) -> int:
+def _verdict(ref: ReleaseRef | str, what: str, event: AuditEvent, as_json: bool) -> int:
     if as_json:
         print(event.model_dump_json())
     elif event.outcome == "accepted":
@@ -281,9 +281,41 @@ def reject(api: Api, args: argparse.Namespace) -> int:
 
 
 def resume(api: Api, args: argparse.Namespace) -> int:
+    """Go on after a manual intervention; after a failed task (guided failure), with what
+    to do with it: --retry, --skip or --fail."""
     ref = release_ref(args.release)
     path = release_path(ref, "stages", args.stage, "resume")
-    return _act(api, ref, f"resume {args.stage}", path, {"comment": args.comment}, args.json)
+    body: dict[str, Any] = {"comment": args.comment}
+    what = f"resume {args.stage}"
+    if args.choice:
+        body["choice"] = args.choice
+        what += f" --{args.choice}"
+    return _act(api, ref, what, path, body, args.json)
+
+
+def rollback(api: Api, args: argparse.Namespace) -> int:
+    """Redeploy the release that was on the stage before the current one (or --to N)."""
+    path = f"/pipelines/{args.pipeline}/stages/{args.stage}/rollback"
+    body: dict[str, Any] = {} if args.to is None else {"to": args.to}
+    try:
+        event = api.act(path, body, check=f"stageflow status {args.pipeline}")
+    except Refused as refused:
+        event = refused.event
+    return _verdict(
+        args.pipeline, f"rollback {args.stage}", AuditEvent.model_validate(event), args.json
+    )
+
+
+def hold(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    path = release_path(ref, "stages", args.stage, "hold")
+    return _act(api, ref, f"hold {args.stage}", path, {"reason": args.reason}, args.json)
+
+
+def unhold(api: Api, args: argparse.Namespace) -> int:
+    ref = release_ref(args.release)
+    path = release_path(ref, "stages", args.stage, "unhold")
+    return _act(api, ref, f"unhold {args.stage}", path, {}, args.json)
 
 
 def gates(api: Api, args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import cast
 
 from temporalio.activity import _Definition
 from temporalio.client import Client
@@ -16,6 +17,7 @@ from activities.notify import Notifier, SmtpSettings
 from activities.record import default_database_url, open_database
 from activities.record.recorder import Recorder
 from activities.record.retention import Retention
+from activities.workflow_checks import Lookout
 from worker.agent import pool_activities, step_activities
 from worker.control import control_activities
 from workflows import activity_refs
@@ -44,7 +46,14 @@ def served_names(tmp_path: Path) -> dict[str, set[str]]:
         return {_Definition.must_from_callable(fn).name for fn in functions}
 
     return {
-        "control": names(control_activities(notifier, Recorder(url), Retention(database, None))),
+        "control": names(
+            control_activities(
+                notifier,
+                Recorder(url),
+                Retention(database, None),
+                Lookout(cast(Client, None)),  # its activity is not run here
+            )
+        ),
         "pool": names(pool_activities(agent)),
         "agent": names(step_activities(agent)),
     }

@@ -17,6 +17,7 @@ from activities.notify import Notifier
 from activities.record import open_database
 from activities.record.recorder import Recorder
 from activities.record.retention import Retention
+from activities.workflow_checks import Lookout
 from worker.backfill import backfill
 from worker.retention_schedule import ensure_retention_schedule
 from worker.running import run_until_stopped
@@ -60,6 +61,7 @@ def control_worker(
             notifier,
             recorder or Recorder(settings.record_url, client),
             retention or Retention(open_database(settings.record_url), settings.log_dir),
+            Lookout(client),
         ),
         workflow_runner=SANDBOX,
         max_concurrent_workflow_tasks=100,
@@ -107,14 +109,15 @@ async def _backfill(client: Client, recorder: Recorder, task_queue: str) -> None
 
 
 def control_activities(
-    notifier: Notifier, recorder: Recorder, retention: Retention
+    notifier: Notifier, recorder: Recorder, retention: Retention, lookout: Lookout
 ) -> list[Callable[..., Any]]:
     """What the control worker serves beside the workflows: plan a start, mail, HTTP
-    checks, the record's writes and its retention."""
+    checks, the record's writes and its retention, which slot holders have ended."""
     return [
         plan_start,
         notifier.send_notification,
         check_http,
         recorder.record,
         retention.apply_retention,
+        lookout.ended_workflows,
     ]

@@ -33,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.control_api import (
         CheckRequest,
         CheckResult,
+        EndedRequest,
+        EndedResult,
         NotificationRequest,
         NotificationResult,
         StartPlan,
@@ -262,6 +264,16 @@ APPLY_RETENTION = ActivityRef(
     retry=FEW_RETRIES,
 )
 
+# The PipelineWorkflow asks which slot holders' workflows have ended without saying so
+# (terminated in Temporal, or their release was), to free their slots.
+ENDED_WORKFLOWS = ActivityRef(
+    "ended_workflows",
+    EndedRequest,
+    EndedResult,
+    start_to_close=timedelta(seconds=30),
+    retry=FEW_RETRIES,
+)
+
 ALL: list[ActivityRef] = [  # type: ignore[type-arg]
     LEASE_AGENT,
     RENEW_LEASE,
@@ -275,6 +287,7 @@ ALL: list[ActivityRef] = [  # type: ignore[type-arg]
     SEND_NOTIFICATION,
     RECORD,
     APPLY_RETENTION,
+    ENDED_WORKFLOWS,
 ]
 
 

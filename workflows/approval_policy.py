@@ -27,6 +27,9 @@ class Decision(Model):
     phase: Literal["pre", "post"] = "pre"
     comment: str = ""
     defer_until: datetime | None = Field(None, description="approve now, deploy at this time")
+    choice: Literal["retry", "skip", "fail"] | None = Field(
+        None, description="`resume` after a failed task (guided failure): what to do with it"
+    )
     request_id: str | None = None
 
 

@@ -81,3 +81,13 @@ class CheckRequest(Model):
 class CheckResult(Model):
     healthy: bool
     reason: str
+
+
+class EndedRequest(Model):
+    """`ended_workflows`: which of these workflows are no longer running?"""
+
+    workflow_ids: list[str]
+
+
+class EndedResult(Model):
+    ended: list[str] = Field([], description="closed (any way) or unknown to Temporal")

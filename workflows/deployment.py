@@ -41,7 +41,9 @@ class PendingIntervention:
 
     task: str
     approvers: list[str]
-    decision: Literal["resume", "reject"] | None = None
+    # A manual intervention task, or a failed task under the stage's `on_failure`.
+    kind: Literal["manual", "failure"] = "manual"
+    decision: Literal["resume", "reject", "retry", "skip", "fail"] | None = None
     by: str = ""
     comment: str = ""
 

@@ -529,6 +529,31 @@ class Conditions(Model):
     order: Literal["approvals_then_gates", "gates_then_approvals"] = "approvals_then_gates"
 
 
+class Queue(Model):
+    """How many deployments of a stage may be under way at once, and which goes next.
+
+    A deployment holds one of the stage's slots from before its pre-deployment
+    approval to the end of its post-deployment approval."""
+
+    max_parallel: int = Field(ge=1, le=100, description="slots: deployments under way at once")
+    policy: Literal["sequence", "latest_only"] = Field(
+        "sequence",
+        description="sequence: queued deployments go in release-number order; latest_only:"
+        " when a slot frees only the newest waiting release goes on, the older ones are"
+        " skipped (superseded)",
+    )
+
+
+class OnFailure(Model):
+    """Guided failure: when a task fails, a person chooses to retry it, skip it or fail."""
+
+    ask: list[str] = Field(
+        [], description="who may choose (users or group:NAME); empty: the stage's deciders"
+    )
+    timeout: Duration = Field(timedelta(hours=1), description="then `default` applies")
+    default: Literal["fail", "skip", "retry"] = "fail"
+
+
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -689,6 +714,12 @@ class Stage(Model):
     retention: StageRetention | None = Field(
         None, description="this stage's days and keep_last, instead of the pipeline's"
     )
+    queue: Queue | None = Field(
+        None, description="slots and queuing policy; none: any number at once"
+    )
+    on_failure: OnFailure | None = Field(
+        None, description="guided failure: ask a person when a task fails"
+    )
 
     @model_validator(mode="after")
     def _tasks_or_jobs(self) -> Stage:
@@ -743,6 +774,8 @@ class Stage(Model):
             for task in tasks:
                 if task.manual_intervention:
                     lists.append(task.manual_intervention.approvers)
+        if self.on_failure:
+            lists.append(self.on_failure.ask)
         return lists
 
     @property

@@ -3,12 +3,15 @@
 It hands out release numbers atomically (an update, started with
 update-with-start), keeps the definition's revisions (the pipeline's change
 history) and starts each release as an abandoned child, so a release outlives
-the pipeline entity's continue-as-new.
+the pipeline entity's continue-as-new. It holds each queued stage's slots
+(workflows/queues.py: deployments ask, wait in line, are granted, end) and
+what is deployed where, which rollbacks go by.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 
@@ -16,8 +19,21 @@ with workflow.unsafe.imports_passed_through():
     from jinja2 import StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
+    from workflows.activity_refs import ENDED_WORKFLOWS
+    from workflows.control_api import EndedRequest
     from workflows.names import release_workflow_id
     from workflows.pipeline import Model, Pipeline
+    from workflows.queues import (
+        Outbox,
+        QueueNews,
+        SlotMessage,
+        StageDeployment,
+        StageQueue,
+        ask,
+        deploying,
+        leave,
+        record_deployment,
+    )
     from workflows.release import ReleaseSpec, ResolvedArtifact
     from workflows.release_workflow import (
         ReleaseInput,
@@ -27,6 +43,10 @@ with workflow.unsafe.imports_passed_through():
 
 # Remember this many recent request ids, so a retried create is not a second release.
 REMEMBERED_REQUESTS = 200
+# While a stage's slots are held, this often the pipeline looks for holders whose
+# workflows ended without saying so (terminated in Temporal, or with their release).
+SLOT_CHECK_EVERY = timedelta(minutes=1)
+QUEUE_SIGNAL = "queue"
 
 
 class Revision(Model):
@@ -64,6 +84,8 @@ class PipelineState(Model):
     last_number: int = 0
     revisions: list[Revision] = []
     recent_requests: dict[str, CreatedRelease] = {}
+    queues: dict[str, StageQueue] = {}
+    deployed: dict[str, list[StageDeployment]] = {}
 
 
 def render_release_name(pipeline: Pipeline, number: int, now: datetime) -> str:
@@ -76,17 +98,93 @@ def render_release_name(pipeline: Pipeline, number: int, now: datetime) -> str:
 
 @workflow.defn(name="PipelineWorkflow")
 class PipelineWorkflow:
-    """One per pipeline: release numbers, definition revisions."""
+    """One per pipeline: release numbers, definition revisions, stage slots, what is where."""
 
     @workflow.init
     def __init__(self, state: PipelineState) -> None:
         self._state = state
+        # What to tell deployments in the queues, in order; sent by the main loop.
+        self._outbox: Outbox = []
 
     @workflow.run
     async def run(self, state: PipelineState) -> None:
-        await workflow.wait_condition(lambda: workflow.info().is_continue_as_new_suggested())
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(self._state)
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._outbox) or workflow.info().is_continue_as_new_suggested(),
+                    timeout=SLOT_CHECK_EVERY if self._anyone_queued() else None,
+                    timeout_summary="look for slot holders that ended without a word",
+                )
+            except TimeoutError:
+                await self._free_the_ended()
+            await self._send()
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() or bool(self._outbox)
+                )
+                if not self._outbox:
+                    workflow.continue_as_new(self._state)
+
+    @workflow.signal
+    def slots(self, message: SlotMessage) -> None:
+        """A deployment asks for a slot, begins its jobs, or has ended."""
+        queues = self._state.queues
+        if message.kind == "ask":
+            self._outbox += ask(queues, message, workflow.now())
+        elif message.kind == "deploying":
+            self._outbox += deploying(queues, message)
+        else:
+            self._outbox += leave(queues, message.stage, {message.workflow_id})
+            record_deployment(self._state.deployed, message, workflow.now())
+
+    @workflow.query
+    def queues(self) -> dict[str, StageQueue]:
+        """Each queued stage's slots: who holds them and who waits."""
+        return self._state.queues
+
+    @workflow.query
+    def deployed(self) -> dict[str, list[StageDeployment]]:
+        """What is deployed where: per stage, the deployments that put a release there,
+        the current one last."""
+        return self._state.deployed
+
+    def _anyone_queued(self) -> bool:
+        return any(q.holders or q.waiting for q in self._state.queues.values())
+
+    async def _send(self) -> None:
+        """Tell the deployments their news; one that cannot be told has ended: its place
+        is freed (which may be news for others)."""
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            told = await asyncio.gather(*(self._tell(i, news) for i, news in batch))
+            gone = {workflow_id for (workflow_id, _), ok in zip(batch, told, strict=True) if not ok}
+            if gone:
+                self._leave(gone)
+
+    async def _tell(self, workflow_id: str, news: QueueNews) -> bool:
+        try:
+            await workflow.get_external_workflow_handle(workflow_id).signal(QUEUE_SIGNAL, news)
+        except Exception:  # the workflow is not running any more
+            return False
+        return True
+
+    async def _free_the_ended(self) -> None:
+        ids = [
+            slot.workflow_id
+            for queue in self._state.queues.values()
+            for slot in queue.holders + queue.waiting
+        ]
+        found = await ENDED_WORKFLOWS.execute(
+            EndedRequest(workflow_ids=ids),
+            task_queue=workflow.info().task_queue,
+            summary=f"which of {len(ids)} queued deployments have ended",
+        )
+        if found.ended:
+            self._leave(set(found.ended))
+
+    def _leave(self, workflow_ids: set[str]) -> None:
+        for stage in list(self._state.queues):
+            self._outbox += leave(self._state.queues, stage, workflow_ids)
 
     @workflow.update
     async def create_release(self, request: NewRelease) -> CreatedRelease:

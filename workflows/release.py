@@ -165,6 +165,9 @@ class StageAttempt(Model):
         None, description="when a schedule, freeze or deferral wait ends"
     )
     waiting_reason: str = ""
+    slot_granted_at: datetime | None = Field(
+        None, description="a queued stage: when this deployment was given its slot"
+    )
     events: list[AuditEvent] = Field([], description="decisions made on this deployment")
 
     def approval(self, phase: str) -> ApprovalState | None:
@@ -175,6 +178,7 @@ class StageView(Model):
     name: str
     status: StageStatus = StageStatus.NOT_DEPLOYED
     trigger: str = ""
+    held: str = Field("", description="why the release may not deploy here now (a hold)")
     attempts: list[StageAttempt] = []
 
     @property
@@ -245,11 +249,31 @@ def end_from_outside(status: ReleaseStatus, how: str) -> None:
 
 
 class DeployRequest(Model):
-    """`deploy` / `redeploy` update: deploy one stage of the release now."""
+    """`deploy` / `redeploy` / `rollback` update: deploy one stage of the release now."""
 
     stage: str
     by: str
     request_id: str | None = None
+    detail: str = Field("", description="rollback: what it rolls back from")
+
+
+class HoldRequest(Model):
+    """`hold` / `unhold` update: keep the release from being deployed to `stage` and the
+    stages after it, or let it go again."""
+
+    stage: str
+    by: str
+    reason: str = ""
+    request_id: str | None = None
+
+
+class Hold(Model):
+    """A hold on a stage of a release: who, why, since when."""
+
+    stage: str
+    by: str
+    reason: str
+    time: datetime
 
 
 class AbandonRequest(Model):

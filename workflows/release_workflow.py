@@ -34,6 +34,8 @@ with workflow.unsafe.imports_passed_through():
         AbandonRequest,
         CancelRequest,
         DeployRequest,
+        Hold,
+        HoldRequest,
         LateDecision,
         ReleaseSpec,
         ReleaseStatus,
@@ -42,7 +44,8 @@ with workflow.unsafe.imports_passed_through():
         StageView,
         release_status_of,
     )
-    from workflows.stage_dag import stages_to_trigger
+    from workflows.stage_dag import ancestors, stages_to_trigger
+    from workflows.stage_queue import REPORT_PATCH, report_end
     from workflows.stage_workflow import StageWorkflow, stage_search_attributes
 
 
@@ -55,6 +58,9 @@ class ReleaseState(Model):
     last_activity: datetime
     # The run that continued as new had written all of the above to the record.
     recorded: bool = False
+    holds: list[Hold] = []
+    # Stages that would have started on their own but for a hold: (stage, by, reason).
+    held_back: list[tuple[str, str, str]] = []
 
 
 class ReleaseInput(Model):
@@ -91,7 +97,7 @@ class ReleaseWorkflow:
             last_activity=workflow.now(),
         )
         self._trail = AuditTrail(self._state.history, workflow.now)
-        self._requests: list[tuple[str, DeployRequest]] = []
+        self._requests: list[tuple[str, DeployRequest | HoldRequest]] = []
         self._abandon: AbandonRequest | None = None
         # What the main loop answered to each update's request, by the request object.
         self._answers: dict[int, AuditEvent] = {}
@@ -118,7 +124,7 @@ class ReleaseWorkflow:
         if input.state is None:
             self._trail.accept(self._spec.created_by, "create", self._creation_detail())
             for name in self._triggered(finished=None):
-                self._start_stage(name, self._spec.created_by, "after release")
+                self._start_or_hold(name, self._spec.created_by, "after release")
             self._update_status_attribute()
         while self._state.state == "active":
             try:
@@ -172,6 +178,21 @@ class ReleaseWorkflow:
     async def redeploy(self, request: DeployRequest) -> AuditEvent:
         """Deploy a stage again: after a failure, or to put this release back (rollback)."""
         return await self._submit("redeploy", request)
+
+    @workflow.update
+    async def rollback(self, request: DeployRequest) -> AuditEvent:
+        """Deploy this release again on a stage that has a newer one now: a rollback."""
+        return await self._submit("rollback", request)
+
+    @workflow.update
+    async def hold(self, request: HoldRequest) -> AuditEvent:
+        """Keep this release from being deployed to a stage and the stages after it."""
+        return await self._submit("hold", request)
+
+    @workflow.update
+    async def unhold(self, request: HoldRequest) -> AuditEvent:
+        """Lift a hold: stages it kept from starting on their own start now."""
+        return await self._submit("unhold", request)
 
     @workflow.update
     async def abandon(self, request: AbandonRequest) -> AuditEvent:
@@ -228,7 +249,7 @@ class ReleaseWorkflow:
         if self._abandon is None:
             self._abandon = request
 
-    async def _submit(self, action: str, request: DeployRequest) -> AuditEvent:
+    async def _submit(self, action: str, request: DeployRequest | HoldRequest) -> AuditEvent:
         """Hand a request to the main loop (the one place stages start) and wait for its answer."""
         answered = self._trail.answered(request.request_id)
         if answered is not None:
@@ -275,7 +296,7 @@ class ReleaseWorkflow:
 
     # --- deployments --------------------------------------------------------------
 
-    def _handle_deploy(self, action: str, request: DeployRequest) -> AuditEvent:
+    def _handle_deploy(self, action: str, request: DeployRequest | HoldRequest) -> AuditEvent:
         names = self._spec.pipeline.stage_names
         refusal = None
         if self._state.state != "active" or self._abandon is not None:
@@ -284,17 +305,85 @@ class ReleaseWorkflow:
             )
         elif request.stage not in names:
             refusal = f"unknown stage {request.stage!r} (stages: {', '.join(names)})"
+        elif isinstance(request, HoldRequest):
+            return self._handle_hold(action, request)
         elif request.stage in self._running:
             refusal = f"stage {request.stage!r} is being deployed (attempt {self._view(request.stage).attempts[-1].attempt})"
+        elif self._hold_on(request.stage) is not None:
+            refusal = self._view(request.stage).held
+        if refusal:
+            return self._trail.refuse(
+                request.by, action, refusal, stage=request.stage, request_id=request.request_id
+            )
+        assert isinstance(request, DeployRequest)  # a hold was handled above
+        event = self._trail.accept(
+            request.by,
+            action,
+            request.detail,
+            stage=request.stage,
+            request_id=request.request_id,
+        )
+        self._start_stage(request.stage, request.by, action)
+        return event
+
+    # --- holds ----------------------------------------------------------------------
+
+    def _handle_hold(self, action: str, request: HoldRequest) -> AuditEvent:
+        held = next((h for h in self._state.holds if h.stage == request.stage), None)
+        refusal = None
+        if action == "hold" and held is not None:
+            refusal = f"stage {request.stage!r} is held already (by {held.by}: {held.reason})"
+        elif action == "unhold" and held is None:
+            refusal = f"stage {request.stage!r} is not held"
         if refusal:
             return self._trail.refuse(
                 request.by, action, refusal, stage=request.stage, request_id=request.request_id
             )
         event = self._trail.accept(
-            request.by, action, stage=request.stage, request_id=request.request_id
+            request.by, action, request.reason, stage=request.stage, request_id=request.request_id
         )
-        self._start_stage(request.stage, request.by, action)
+        self._state.last_activity = workflow.now()
+        if action == "hold":
+            self._state.holds.append(
+                Hold(stage=request.stage, by=request.by, reason=request.reason, time=workflow.now())
+            )
+        else:
+            self._state.holds.remove(held)  # type: ignore[arg-type]
+        self._show_holds()
+        if action == "unhold":
+            waiting, self._state.held_back = self._state.held_back, []
+            for stage, by, reason in waiting:
+                if stage not in self._running:
+                    self._start_or_hold(stage, by, reason)
         return event
+
+    def _hold_on(self, stage: str) -> Hold | None:
+        """The hold that keeps this release off `stage`: on it, or on a stage before it."""
+        if not self._state.holds:
+            return None
+        upstream = {s.name: s.upstream for s in self._spec.pipeline.stages}
+        blocking = {stage} | ancestors(upstream, stage)
+        return next((h for h in self._state.holds if h.stage in blocking), None)
+
+    def _show_holds(self) -> None:
+        for view in self._state.stages:
+            hold = self._hold_on(view.name)
+            view.held = (
+                ""
+                if hold is None
+                else f"held by {hold.by}"
+                + (f" on {hold.stage}" if hold.stage != view.name else "")
+                + (f": {hold.reason}" if hold.reason else "")
+            )
+
+    def _start_or_hold(self, stage: str, by: str, reason: str) -> None:
+        """Start a stage that triggered on its own, unless a hold keeps it back."""
+        if self._hold_on(stage) is None:
+            self._start_stage(stage, by, reason)
+            return
+        if all(held != stage for held, _, _ in self._state.held_back):
+            self._state.held_back.append((stage, by, reason))
+            self._trail.accept(SYSTEM, "held back", self._view(stage).held, stage=stage)
 
     def _start_stage(self, stage: str, by: str, reason: str) -> None:
         view = self._view(stage)
@@ -361,6 +450,9 @@ class ReleaseWorkflow:
                     ),
                 }
             )
+            # It could not say so itself: its slot in the stage's queue frees now.
+            if workflow.patched(REPORT_PATCH):
+                await report_end(self._spec, stage, result)
         finally:
             self._running.pop(stage, None)
         view.attempts[-1] = result
@@ -374,7 +466,7 @@ class ReleaseWorkflow:
             stage=stage,
         )
         for name in self._triggered(finished=stage):
-            self._start_stage(name, by, f"after {stage}")
+            self._start_or_hold(name, by, f"after {stage}")
         self._update_status_attribute()
         self._notify_outcome(stage, result)
 

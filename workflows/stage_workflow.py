@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.deployment import Deployment, Rejected, StageInput
     from workflows.interventions import decide_intervention, intervention_pending
     from workflows.names import SA_CREATED_BY, SA_PIPELINE, SA_RELEASE, SA_STAGE, SA_STATUS
+    from workflows.queues import QueueNews
     from workflows.record_api import AttemptWrite, RecordWrite
     from workflows.recording import RECORD_PATCH, RecordWriter
     from workflows.release import (
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         wait_for_start,
     )
     from workflows.stage_jobs import Jobs
+    from workflows.stage_queue import StageSlot
     from workflows.task_conditions import stage_outcome
 
 __all__ = ["StageInput", "StageWorkflow", "stage_search_attributes"]
@@ -75,6 +77,7 @@ class StageWorkflow:
         )
         self._d = Deployment(input, attempt)
         self._jobs = Jobs(self._d)
+        self._slot = StageSlot(self._d)
         self._steps: asyncio.Task[None] | None = None
         # What the record last had of this deployment, as people see it: the release
         # wrote it queued, and writes its outcome.
@@ -91,18 +94,23 @@ class StageWorkflow:
         try:
             await self._steps
         except asyncio.CancelledError:
-            # Canceled by the `cancel` update, or the workflow itself was canceled.
-            if self._d.cancel is None:
+            # Canceled by the `cancel` update, superseded in the stage's queue, or the
+            # workflow itself was canceled.
+            if self._d.cancel is None and self._slot.superseded_by is None:
                 self._d.cancel = CancelRequest(by="temporal", reason="workflow canceled")
         except Rejected as no:
             rejected = str(no)
-        return self._outcome(rejected)
+        outcome = self._outcome(rejected)
+        await self._slot.report_end(outcome)
+        return outcome
 
     async def _deploy(self) -> None:
         d = self._d
+        await self._slot.take()
         await wait_for_start(d)
         await approvals_and_gates(d, "pre")
         await deferral(d)
+        await self._slot.begin_jobs()
         await self._jobs.run()
         if not self._jobs.failed:
             await approvals_and_gates(d, "post")
@@ -118,6 +126,13 @@ class StageWorkflow:
         if rejected is not None and cancel is None:
             status = StageStatus.REJECTED
             attempt.message = rejected
+        superseded = self._slot.superseded_by
+        if superseded is not None and cancel is None:
+            status = StageStatus.SKIPPED
+            attempt.message = f"superseded by {superseded}"
+            for approval in attempt.approvals:
+                if approval.status == "pending":
+                    approval.status = "skipped"
         d.wait(None)
         if cancel is not None:
             attempt.message = f"canceled by {cancel.by}" + (
@@ -207,6 +222,14 @@ class StageWorkflow:
     def cancel_signal(self, request: CancelRequest) -> None:
         if self._d.cancel is None and not self._d.attempt.status.is_final:
             self._act("cancel", request)
+
+    @workflow.signal(name="queue")
+    def queue_news(self, news: QueueNews) -> None:
+        """The PipelineWorkflow's news of this deployment's place in the stage's queue."""
+        if self._d.attempt.status.is_final or self._d.cancel is not None:
+            return
+        if self._slot.hear(news) and self._steps is not None:
+            self._steps.cancel()
 
     @workflow.signal(name=LEASE_GRANTED_SIGNAL)
     def lease_granted(self, grant: LeaseGranted) -> None:

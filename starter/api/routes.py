@@ -23,6 +23,7 @@ from temporalio.client import Client
 from activities import record
 from activities.record import Waiting, record_request, request_answered, sender_of
 from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
+from starter import deployment_control as control
 from starter import releases as actions
 from starter.api.access import Access, is_approver_anywhere
 from starter.api.app import AccessDep, PrincipalDep, Service, ServiceDep
@@ -103,6 +104,19 @@ class RejectBody(Action):
 
 class ResumeBody(Action):
     comment: Text = ""
+    choice: Literal["retry", "skip", "fail"] | None = Field(
+        None, description="after a failed task (the stage's on_failure): what to do with it"
+    )
+
+
+class RollbackBody(Action):
+    to: int | None = Field(
+        None, ge=1, description="the release to put back; default: the one before the current"
+    )
+
+
+class HoldBody(Action):
+    reason: Annotated[Text, Field(min_length=1, description="why (recorded in the history)")]
 
 
 class IgnoreGateBody(Action):
@@ -377,8 +391,74 @@ def add_routes(api: APIRouter) -> None:
         svc: ServiceDep,
         can: AccessDep,
     ) -> Verdict:
-        send = _decide(can, stage, "resume", "pre", body.comment)
+        send = _decide(can, stage, "resume", "pre", body.comment, choice=body.choice)
         return await _decision(svc, can, pipeline, number, stage, "resume", body, send)
+
+    @api.post(
+        "/pipelines/{pipeline}/stages/{stage}/rollback",
+        tags=["actions"],
+        responses=ACTION_RESPONSES,
+    )
+    async def rollback(
+        pipeline: PipelineName,
+        stage: StageName,
+        body: RollbackBody,
+        svc: ServiceDep,
+        can: AccessDep,
+    ) -> Verdict:
+        """Deploy again the release that was on the stage before the current one (or
+        release `to`, which must have succeeded there): 409 with the reason when none."""
+        await can.release(pipeline, stage)
+        client = await svc.client()
+        try:
+            current, target = await control.plan_rollback(client, pipeline, stage, body.to)
+        except control.PipelineNotFound as err:
+            raise not_found(str(err)) from None
+        except control.NoRollback as err:
+            raise Problem(409, "Refused", str(err)) from None
+
+        async def check() -> None:
+            await _stage(svc, can, pipeline, target.number, stage)
+
+        async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+            return await control.rollback_stage(
+                client, pipeline, stage, can.principal.user, target.number, request_id
+            )
+
+        ref = ReleaseRef(pipeline, target.number)
+        return await _act(svc, can, ref, stage, "rollback", body, check, send)
+
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/hold",
+        tags=["actions"],
+        responses=ACTION_RESPONSES,
+    )
+    async def hold(
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: HoldBody,
+        svc: ServiceDep,
+        can: AccessDep,
+    ) -> Verdict:
+        """Keep a release from being deployed to a stage and the stages after it."""
+        return await _hold(svc, can, ReleaseRef(pipeline, number), stage, body, body.reason)
+
+    @api.post(
+        "/releases/{pipeline}/{number}/stages/{stage}/unhold",
+        tags=["actions"],
+        responses=ACTION_RESPONSES,
+    )
+    async def unhold(
+        pipeline: PipelineName,
+        number: ReleaseNumber,
+        stage: StageName,
+        body: Action,
+        svc: ServiceDep,
+        can: AccessDep,
+    ) -> Verdict:
+        """Let a held release go again: the stages the hold kept back start."""
+        return await _hold(svc, can, ReleaseRef(pipeline, number), stage, body, None)
 
     @api.post(
         "/releases/{pipeline}/{number}/stages/{stage}/deploy-now",
@@ -459,6 +539,24 @@ def _add_deploy(api: APIRouter, name: str, redeploy: bool) -> None:
 Send = Callable[[Client, ReleaseRef, str], Awaitable[AuditEvent]]
 
 
+async def _hold(
+    svc: Service, can: Access, ref: ReleaseRef, stage: str, body: Action, reason: str | None
+) -> Verdict:
+    """A hold (with its reason), or lifting one (reason None)."""
+
+    async def check() -> None:
+        await _stage(svc, can, ref.pipeline, ref.number, stage)
+        await can.release(ref.pipeline, stage)
+
+    async def send(client: Client, ref: ReleaseRef, request_id: str) -> AuditEvent:
+        return await control.hold_stage(
+            client, ref, stage, can.principal.user, reason or "", request_id, lift=reason is None
+        )
+
+    action = "unhold" if reason is None else "hold"
+    return await _act(svc, can, ref, stage, action, body, check, send)
+
+
 def _decide(
     can: Access,
     stage: str,
@@ -466,6 +564,7 @@ def _decide(
     phase: str,
     comment: str,
     defer_until: datetime | None = None,
+    choice: str | None = None,
 ) -> Send:
     """Sends approve, reject or resume on `stage` as the authenticated person."""
 
@@ -481,6 +580,7 @@ def _decide(
             defer_until=defer_until,
             request_id=request_id,
             groups=can.principal.groups,
+            **({"choice": choice} if choice else {}),
         )
 
     return send
