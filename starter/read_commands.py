@@ -140,7 +140,7 @@ def status(api: Api, args: argparse.Namespace) -> int:
 def _deployed_table(matrix: dict[str, Any]) -> Table:
     table = Table(show_edge=False, header_style="bold", title_justify="left")
     table.title = f"{matrix['pipeline']}: what is where"
-    for column in ("stage", "deployed now", "since (UTC)", "by", "in progress"):
+    for column in ("stage", "deployed now", "since (UTC)", "by", "before", "in progress"):
         table.add_column(column)
     for stage in matrix["deployed"]:
         now = stage["deployed"]
@@ -148,7 +148,8 @@ def _deployed_table(matrix: dict[str, Any]) -> Table:
             stage["stage"],
             _deployment(now) if now else Text("nothing", style="dim"),
             render.when(_time(now["ended_at"])) if now else "-",
-            now["triggered_by"] if now else "-",
+            _by(now) if now else "-",
+            ", ".join(d["release"] for d in stage.get("previous", [])) or "-",
             ", ".join(f"{d['release']} ({d['status']})" for d in stage["in_progress"]) or "-",
         )
     return table
@@ -178,6 +179,12 @@ def _matrix_table(matrix: dict[str, Any]) -> Table:
             cells.append(text)
         table.add_row(*cells)
     return table
+
+
+def _by(deployed: dict[str, Any]) -> str:
+    """Who deployed it, and how when it was a rollback."""
+    by: str = deployed["triggered_by"]
+    return f"{by} (rollback)" if deployed.get("reason") == "rollback" else by
 
 
 def _deployment(deployed: dict[str, Any]) -> Text:

@@ -390,6 +390,7 @@ async def _deployed_on(session: AsyncSession, pipeline: str) -> list[StageDeploy
         d.attempt,
         d.status,
         d.triggered_by,
+        d.reason,
         d.started_at,
         d.ended_at,
     )
@@ -432,17 +433,34 @@ async def _deployed_on(session: AsyncSession, pipeline: str) -> list[StageDeploy
                     d.status.in_(DEPLOYED_STATUSES),
                 )
                 .order_by(d.ended_at.desc())
-                .limit(1)
+                .limit(PREVIOUS_SHOWN * 4)
             )
-        ).one_or_none()
+        ).all()
+        deployed = [_deployed(row) for row in last]
         found.append(
             StageDeployments(
                 stage=name,
-                deployed=None if last is None else _deployed(last),
+                deployed=deployed[0] if deployed else None,
+                previous=_previous(deployed),
                 in_progress=running.get(name, []),
             )
         )
     return found
+
+
+# `status PIPELINE` shows this many releases that were on a stage before the current one.
+PREVIOUS_SHOWN = 3
+
+
+def _previous(deployed: list[Deployed]) -> list[Deployed]:
+    """The releases on the stage before the current one, newest first, each once."""
+    seen = {deployed[0].number} if deployed else set()
+    previous: list[Deployed] = []
+    for deployment in deployed[1:]:
+        if deployment.number not in seen and len(previous) < PREVIOUS_SHOWN:
+            seen.add(deployment.number)
+            previous.append(deployment)
+    return previous
 
 
 async def _attempts(
@@ -564,6 +582,7 @@ def _deployed(row: Any) -> Deployed:
         attempt=row.attempt,
         status=StageStatus(row.status),
         triggered_by=row.triggered_by,
+        reason=row.reason,
         started_at=row.started_at,
         ended_at=row.ended_at,
     )

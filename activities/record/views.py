@@ -48,6 +48,7 @@ class Deployed(Model):
     attempt: int
     status: StageStatus
     triggered_by: str
+    reason: str = Field("", description="after release, after <stage>, deploy, redeploy, rollback")
     started_at: datetime
     ended_at: datetime | None = None
 
@@ -58,6 +59,9 @@ class StageDeployments(Model):
     stage: str
     deployed: Deployed | None = Field(
         None, description="the last succeeded (or partially succeeded) deployment, by end time"
+    )
+    previous: list[Deployed] = Field(
+        [], description="the releases that were on the stage before, newest first, each once"
     )
     in_progress: list[Deployed] = Field(
         [], description="latest attempts of active releases that have not ended, newest first"
