@@ -221,3 +221,54 @@ async def test_superseded_release_waiting_for_approval_leaves_the_approvals(
     await wait_for(lambda: waiting(third), timeout=60, what="Release-3 to wait for approval")
     await wait_for(lambda: listed([f"{pipeline}/3"]), timeout=30, what="only 3 left")
     assert (await stack.status(first)).stage("prod").status == StageStatus.SUCCEEDED
+
+
+ONE_SLOT_APPROVED = """
+    name: freed-{suffix}
+    stages:
+      - name: prod
+        pool: POOL
+        queue: {{max_parallel: 1}}
+        pre_deployment:
+          approvals: {{approvers: [alice]}}
+        tasks:
+          - name: deploy
+            script: echo deployed
+"""
+
+
+@pytest.mark.e2e
+async def test_a_canceled_or_terminated_holder_frees_its_slot(stack: Stack) -> None:
+    await stack.start_worker()
+    path = stack.write_pipeline(ONE_SLOT_APPROVED.format(suffix=stack.suffix))
+    pipeline = f"freed-{stack.suffix}"
+    refs = [(await stack.create(path))[0] for _ in range(3)]
+
+    async def holder() -> str | None:
+        queue = (await stage_queues(stack.client, pipeline)).get("prod")
+        if queue is None or len(queue.holders) + len(queue.waiting) < 3:
+            return None
+        return queue.holders[0].release if queue.holders else None
+
+    first = await wait_for(holder, timeout=60, what="three in the queue")
+    order = [first] + [f"Release-{n}" for n in (1, 2, 3) if f"Release-{n}" != first]
+    by_name = {f"Release-{ref.number}": ref for ref in refs}
+
+    async def holds(name: str) -> bool:
+        latest = (await stack.status(by_name[name])).stage("prod").latest
+        return latest is not None and latest.status == StageStatus.WAITING_FOR_APPROVAL
+
+    await wait_for(lambda: holds(order[0]), timeout=60, what=f"{order[0]} to hold the slot")
+    canceled = stack.cli("cancel", str(by_name[order[0]]), "prod")
+    assert canceled.returncode == 0, canceled.stderr
+    await wait_for(lambda: holds(order[1]), timeout=60, what=f"{order[1]} to get the slot")
+
+    # Terminated in Temporal: its release says so for it.
+    latest = (await stack.status(by_name[order[1]])).stage("prod").latest
+    assert latest is not None
+    await stack.client.get_workflow_handle(latest.workflow_id).terminate("by hand")
+    await wait_for(lambda: holds(order[2]), timeout=60, what=f"{order[2]} to get the slot")
+    ended = [(await stack.status(by_name[name])).stage("prod").status for name in order[:2]]
+    assert ended == [StageStatus.CANCELED, StageStatus.TERMINATED]
+    queue = (await stage_queues(stack.client, pipeline))["prod"]
+    assert [s.release for s in queue.holders] == [order[2]] and not queue.waiting
