@@ -15,6 +15,7 @@ import pytest
 from starter.deployment_control import deployed_where, stage_queues
 from starter.releases import ReleaseRef
 from tests.conftest import Stack, wait_for
+from tests.test_engine_e2e import replay_release
 from workflows.audit import SYSTEM
 from workflows.release import StageAttempt, StageStatus
 
@@ -221,6 +222,9 @@ async def test_superseded_release_waiting_for_approval_leaves_the_approvals(
     await wait_for(lambda: waiting(third), timeout=60, what="Release-3 to wait for approval")
     await wait_for(lambda: listed([f"{pipeline}/3"]), timeout=30, what="only 3 left")
     assert (await stack.status(first)).stage("prod").status == StageStatus.SUCCEEDED
+    # The histories of a superseded release replay with today's code (and are kept as
+    # recorded histories when STAGEFLOW_RECORD_HISTORIES is set).
+    await replay_release(stack.client, settled, record_as="queue-superseded")
 
 
 ONE_SLOT_APPROVED = """

@@ -12,6 +12,7 @@ import pytest
 from starter.deployment_control import deployed_where
 from starter.releases import ReleaseRef
 from tests.conftest import Stack, wait_for
+from tests.test_engine_e2e import replay_release
 from workflows.release import StageStatus
 
 ONE_STAGE = """
@@ -74,6 +75,7 @@ async def test_rollback_puts_back_the_release_before_and_refuses_one_never_there
     assert again.returncode == 0, again.stderr
     await wait_for(lambda: shows(3), timeout=60, what="status to show Release-3")
     assert (await deployed_where(stack.client, pipeline))["prod"][-1].reason == "rollback"
+    await replay_release(stack.client, await stack.wait_settled(second), record_as="rollback")
 
     # Refused: one that failed there, one that never was, the one there now.
     for to, reason in (
@@ -161,3 +163,4 @@ async def test_hold_keeps_a_release_from_a_stage_and_those_after_until_unhold(
     assert ("stageflow", "held back", "qa", "held by tester: bug 12 found in dev") in events
     assert ("tester", "unhold", "qa", "") in events
     assert stack.cli("unhold", str(ref), "qa").returncode == 2  # not held any more
+    await replay_release(stack.client, await stack.status(ref), record_as="hold")
