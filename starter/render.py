@@ -56,6 +56,17 @@ def next_action(ref: str, view: StageView) -> str:
     from workflows.release import StageStatus
 
     latest = view.latest
+    if view.held and (view.status.is_final or view.status == StageStatus.NOT_DEPLOYED):
+        # "held by alice on qa: why" (on a later stage) or "held by alice: why"
+        hold = view.held.partition(":")[0].partition(" on ")[2] or view.name
+        return f"stageflow unhold {ref} {hold}"
+    if (
+        view.status == StageStatus.WAITING_FOR_INTERVENTION
+        and latest
+        and latest.tasks
+        and any(t.status.value == "failed" for t in latest.tasks)
+    ):
+        return f"stageflow resume {ref} {view.name} --retry | --skip | --fail"
     if view.status == StageStatus.WAITING_FOR_APPROVAL:
         pending = [a for a in (latest.approvals if latest else []) if a.status == "pending"]
         post = " --post" if pending and pending[-1].phase == "post" else ""
@@ -123,6 +134,10 @@ def release_view(status: ReleaseStatus) -> Group:
     parts: list[Any] = [header, Text(""), stages]
     for view in status.stages:
         latest = view.latest
+        if view.held:
+            parts.append(Text(f"{view.name}: {view.held}", style="yellow"))
+        if latest and latest.waiting_reason.startswith("queued"):
+            parts.append(Text(f"{view.name}: {latest.waiting_reason}", style="yellow"))
         if latest and latest.message:
             parts.append(Text(f"{view.name}: {latest.message}", style="yellow"))
     return Group(*parts)

@@ -143,6 +143,22 @@ async def test_hold_keeps_a_release_from_a_stage_and_those_after_until_unhold(
     ]
     assert status.stage("qa").held == "held by tester: bug 12 found in dev"
     assert status.stage("prod").held == "held by tester on qa: bug 12 found in dev"
+
+    async def shown_held() -> dict[str, str] | None:
+        shown = stack.cli("release", "show", str(ref), "--json")
+        assert shown.returncode == 0, shown.stderr
+        held = {v["name"]: v["held"] for v in json.loads(shown.stdout)["stages"]}
+        return held if held["prod"] else None
+
+    # `release show` (the record) says it too, by the trail.
+    assert await wait_for(shown_held, timeout=30, what="the hold in the record") == {
+        "dev": "",
+        "qa": "held by tester: bug 12 found in dev",
+        "prod": "held by tester on qa: bug 12 found in dev",
+    }
+    shown = stack.cli("release", "show", str(ref))
+    assert "qa: held by tester: bug 12 found in dev" in shown.stdout
+    assert f"stageflow unhold {ref} qa" in shown.stdout
     deploy = stack.cli("deploy", str(ref), "prod")
     assert deploy.returncode == 2 and "held by tester on qa: bug 12 found in dev" in deploy.stderr
 

@@ -14,6 +14,7 @@ from workflows.approval_policy import ApprovalState
 from workflows.audit import AuditEvent
 from workflows.gates import GateState
 from workflows.pipeline import Model, Pipeline, SecretRef, Stage, VariableValue
+from workflows.stage_dag import ancestors
 
 
 class StageStatus(StrEnum):
@@ -172,6 +173,38 @@ class StageAttempt(Model):
 
     def approval(self, phase: str) -> ApprovalState | None:
         return next((a for a in self.approvals if a.phase == phase), None)
+
+
+def held_stages(upstream: dict[str, list[str]], holds: list[Hold]) -> dict[str, tuple[Hold, str]]:
+    """Each stage a hold keeps the release from (the held stage and every stage after
+    it), with the hold and what people see: `held by alice on qa: bug 12`."""
+    held = {}
+    for stage in upstream:
+        blocking = {stage} | ancestors(upstream, stage)
+        hold = next((h for h in holds if h.stage in blocking), None)
+        if hold is not None:
+            held[stage] = (
+                hold,
+                f"held by {hold.by}"
+                + (f" on {hold.stage}" if hold.stage != stage else "")
+                + (f": {hold.reason}" if hold.reason else ""),
+            )
+    return held
+
+
+def holds_in(events: list[AuditEvent]) -> list[Hold]:
+    """The holds in force by a release's trail: accepted holds not lifted since."""
+    holds: dict[str, Hold] = {}
+    for event in events:
+        if event.outcome != "accepted" or event.stage is None:
+            continue
+        if event.action == "hold":
+            holds[event.stage] = Hold(
+                stage=event.stage, by=event.actor, reason=event.detail, time=event.time
+            )
+        elif event.action == "unhold":
+            holds.pop(event.stage, None)
+    return list(holds.values())
 
 
 class StageView(Model):

@@ -42,9 +42,10 @@ with workflow.unsafe.imports_passed_through():
         StageAttempt,
         StageStatus,
         StageView,
+        held_stages,
         release_status_of,
     )
-    from workflows.stage_dag import ancestors, stages_to_trigger
+    from workflows.stage_dag import stages_to_trigger
     from workflows.stage_queue import REPORT_PATCH, report_end
     from workflows.stage_workflow import StageWorkflow, stage_search_attributes
 
@@ -361,20 +362,17 @@ class ReleaseWorkflow:
         """The hold that keeps this release off `stage`: on it, or on a stage before it."""
         if not self._state.holds:
             return None
+        found = self._held().get(stage)
+        return found[0] if found else None
+
+    def _held(self) -> dict[str, tuple[Hold, str]]:
         upstream = {s.name: s.upstream for s in self._spec.pipeline.stages}
-        blocking = {stage} | ancestors(upstream, stage)
-        return next((h for h in self._state.holds if h.stage in blocking), None)
+        return held_stages(upstream, self._state.holds)
 
     def _show_holds(self) -> None:
+        held = self._held()
         for view in self._state.stages:
-            hold = self._hold_on(view.name)
-            view.held = (
-                ""
-                if hold is None
-                else f"held by {hold.by}"
-                + (f" on {hold.stage}" if hold.stage != view.name else "")
-                + (f": {hold.reason}" if hold.reason else "")
-            )
+            view.held = held[view.name][1] if view.name in held else ""
 
     def _start_or_hold(self, stage: str, by: str, reason: str) -> None:
         """Start a stage that triggered on its own, unless a hold keeps it back."""

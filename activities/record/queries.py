@@ -47,6 +47,7 @@ from workflows.release import (
     FINAL_STATUSES,
     WAITING_ON_PEOPLE,
     AgentSession,
+    Hold,
     ReleaseSpec,
     ReleaseStatus,
     ResolvedArtifact,
@@ -55,6 +56,8 @@ from workflows.release import (
     StageView,
     TaskRun,
     TaskStatus,
+    held_stages,
+    holds_in,
 )
 
 # What counts as "deployed" on a stage: its artifacts got there.
@@ -106,16 +109,48 @@ async def release(db: Database, pipeline: str, number: int) -> ReleaseStatus | N
             .where(ReleaseStageRow.release_id == row.id)
             .order_by(ReleaseStageRow.position),
         )
+        held = await _held(session, row)
         views = [
             StageView(
                 name=stage.name,
                 status=StageStatus(stage.status),
                 trigger=stage.trigger,
+                held=held[stage.name][1] if stage.name in held else "",
                 attempts=by_stage.get(stage.name, []),
             )
             for stage in stages
         ]
         return _release_status(row, pipeline, views)
+
+
+async def _held(session: AsyncSession, row: ReleaseRow) -> dict[str, tuple[Hold, str]]:
+    """The release's holds in force, by its trail, and the stages they keep it from."""
+    e = AuditEventRow
+    found = await _all(
+        session,
+        select(e)
+        .where(e.release_id == row.id, e.deployment_id.is_(None), e.action.in_(HOLD_ACTIONS))
+        .order_by(e.time, e.id),
+    )
+    if not found:
+        return {}
+    events = [
+        AuditEvent(
+            time=r.time,
+            actor=r.actor,
+            action=r.action,
+            stage=r.stage,
+            outcome=r.outcome,
+            detail=r.detail,
+        )
+        for r in found
+    ]
+    pipeline = ReleaseSpec.model_validate(row.snapshot).pipeline
+    upstream = {stage.name: stage.upstream for stage in pipeline.stages}
+    return held_stages(upstream, holds_in(events))
+
+
+HOLD_ACTIONS = ("hold", "unhold")
 
 
 async def release_spec(db: Database, pipeline: str, number: int) -> ReleaseSpec | None:
