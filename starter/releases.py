@@ -416,6 +416,7 @@ async def decide(
     defer_until: datetime | None = None,
     request_id: str | None = None,
     groups: Sequence[str] = (),
+    choice: str | None = None,
 ) -> AuditEvent:
     """approve / reject / resume a deployment of a stage; returns the recorded verdict.
     `groups`: the identity-provider groups the person signed in with (an approver entry
@@ -426,6 +427,7 @@ async def decide(
         phase=phase,  # type: ignore[arg-type]
         comment=comment,
         defer_until=defer_until,
+        choice=choice,  # type: ignore[arg-type]
         request_id=request_id or uuid.uuid4().hex,
     )
     methods = {

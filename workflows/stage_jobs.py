@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         ShipLogsRequest,
     )
     from workflows.deployment import Deployment
-    from workflows.interventions import intervention
+    from workflows.interventions import failure_choice, intervention
     from workflows.names import pool_queue
     from workflows.pipeline import Job, Task
     from workflows.release import (
@@ -434,7 +434,12 @@ class Jobs:
                 workflow.now(),
                 lease.granted.agent_name,
             )
-            for try_number in range(1, task.retries + 2):
+            # Tries: 1 + `retries`, and one more each time a person chooses retry after
+            # the last failed (guided failure: the stage's `on_failure`).
+            guided = self.d.stage.on_failure is not None and not task.continue_on_error
+            last_try, try_number = task.retries + 1, 0
+            while try_number < last_try:
+                try_number += 1
                 run.tries = try_number
                 key = log_key(context, index, task, try_number, lease.job_try)
                 # Newer agents ship the log at the end of run_task: one round trip less.
@@ -443,7 +448,8 @@ class Jobs:
                 # (on its last try, or once it succeeds): no separate cleanup step.
                 end_lease: Literal["never", "always", "if_succeeded"] = "never"
                 if position == indexes[-1] and workflow.patched("run-task-ends-lease"):
-                    end_lease = "always" if try_number == task.retries + 1 else "if_succeeded"
+                    final = try_number == last_try and not guided
+                    end_lease = "always" if final else "if_succeeded"
                 if ships_itself:
                     run.logs.append(key)
                 result = await self._try_task(
@@ -475,6 +481,11 @@ class Jobs:
                 run.exit_code, run.message = result.exit_code, result.message
                 if result.succeeded:
                     break
+                if guided and try_number == last_try:
+                    run.status = TaskStatus.FAILED
+                    if await failure_choice(self.d, task, run) == "retry":
+                        last_try += 1
+                        run.status = TaskStatus.IN_PROGRESS
             run.status = TaskStatus.SUCCEEDED if result.succeeded else TaskStatus.FAILED
             assert run.started_at is not None
             run.duration = workflow.now() - run.started_at

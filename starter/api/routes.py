@@ -580,7 +580,7 @@ def _decide(
             defer_until=defer_until,
             request_id=request_id,
             groups=can.principal.groups,
-            **({"choice": choice} if choice else {}),
+            choice=choice,
         )
 
     return send
