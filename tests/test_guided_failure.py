@@ -14,6 +14,7 @@ import pytest
 from starter.pipeline_loader import InvalidPipeline, load_pipeline
 from starter.releases import ReleaseRef, decide
 from tests.conftest import Stack, wait_for
+from tests.test_engine_e2e import replay_release
 from workflows.audit import SYSTEM
 from workflows.release import ReleaseStatus, StageStatus, TaskStatus
 
@@ -73,6 +74,15 @@ async def test_retry_runs_the_task_again_as_a_new_try_with_its_own_log(stack: St
     vague = await decide(stack.client, ref, "prod", "alice", "resume")
     assert vague.outcome == "refused" and "choose --retry, --skip or --fail" in vague.detail
 
+    # alice is mailed what failed and the commands that choose.
+    async def mailed() -> str | None:
+        mails = [m.read_text() for m in (stack.data_dir / "outbox").glob("*.eml")]
+        return next((m for m in mails if "alice@example.com" in m), None)
+
+    mail = await wait_for(mailed, timeout=30, what="the mail to alice")
+    assert "task 'migrate' failed (exit code 3)" in mail
+    assert f"stageflow resume {ref} prod --retry | --skip | --fail" in mail
+
     (stack.root / "fixed").touch()
     retried = await decide(
         stack.client, ref, "prod", "alice", "resume", choice="retry", comment="marker added"
@@ -94,6 +104,7 @@ async def test_retry_runs_the_task_again_as_a_new_try_with_its_own_log(stack: St
         ("alice", "retry", "accepted"),
     ]
     assert events[-1].detail == "failed task 'migrate': marker added"
+    await replay_release(stack.client, status, record_as="guided-retry")
 
 
 @pytest.mark.e2e
