@@ -4,8 +4,8 @@ for every stage of its pipeline, and the rules that change it. Pure: no Temporal
 A stage with `queue: {max_parallel, policy}` has that many slots. A deployment
 asks for one before its pre-deployment approval (a `SlotMessage` "ask"), waits
 in line, is told its place, and holds the slot it is granted until its end
-("ended"). Before its jobs begin it says so ("deploying") and waits for the
-pipeline's "go": from then on it is never superseded. Under `latest_only`, when
+("ended"). Under latest_only, before its jobs begin it says so ("deploying") and
+waits for the pipeline's "go": from then on it is never superseded. Under `latest_only`, when
 a slot frees only the newest waiting release goes on; the older waiting ones,
 and holders that have not begun their jobs (waiting for approval, say), are
 superseded and end skipped.
@@ -94,7 +94,7 @@ Outbox = list[tuple[str, QueueNews]]
 
 # The first this many in line are told each change of their place; those further back,
 # only that they are (one signal each, not one per move of the line).
-TOLD_PLACES = 10
+TOLD_PLACES = 5
 FAR = TOLD_PLACES + 1
 
 

@@ -31,6 +31,12 @@ class StageSlot:
     def queued(self) -> bool:
         return self.d.stage.queue is not None
 
+    @property
+    def may_be_superseded(self) -> bool:
+        """Only under latest_only; under sequence a holder keeps its slot to its end."""
+        queue = self.d.stage.queue
+        return queue is not None and queue.policy == "latest_only"
+
     async def take(self) -> None:
         """Ask for a slot and wait until it is granted (a supersession cancels the wait)."""
         queue = self.d.stage.queue
@@ -44,7 +50,7 @@ class StageSlot:
 
     async def begin_jobs(self) -> None:
         """Before the jobs: the pipeline's go, unless a newer release superseded this one."""
-        if not self.queued:
+        if not self.may_be_superseded:
             return
         await self._tell("deploying")
         await workflow.wait_condition(lambda: self.go)
@@ -73,8 +79,9 @@ class StageSlot:
 
     async def report_end(self, attempt: StageAttempt) -> None:
         """Tell the pipeline how the deployment ended: its slot frees, and a success puts
-        the release on the stage (what is deployed where)."""
-        if workflow.patched(REPORT_PATCH):
+        the release on the stage (what is deployed where). A deployment started on its
+        own, not by a release (tests, tools), has no pipeline to tell."""
+        if workflow.info().parent is not None and workflow.patched(REPORT_PATCH):
             await report_end(self.d.spec, self.d.stage.name, attempt)
 
     async def _tell(self, kind: str, **fields: object) -> None:

@@ -294,11 +294,17 @@ def _as_people_see_it(attempt: StageAttempt) -> tuple[Any, ...]:
     for and until when, its approvals and decisions, its gates, its agents. A task
     starting or ending alone is not (the live view shows it, and every write, the
     outcome's included, carries all the tasks): one write less per task keeps the
-    record's cost on the control worker small."""
+    record's cost on the control worker small. So are a queued deployment's moves in
+    line (its place is in the live view)."""
+    # A queued deployment's place in line moves often: the record gets it when it joins
+    # the line and when it leaves it; `release show` asks the running stage for the rest.
+    reason = attempt.waiting_reason
+    if reason.startswith("queued:"):
+        reason = "queued"
     return (
         attempt.status,
         attempt.waiting_until,
-        attempt.waiting_reason,
+        reason,
         attempt.message,
         len(attempt.events),
         len(attempt.agents),
