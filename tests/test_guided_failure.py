@@ -82,6 +82,7 @@ async def test_retry_runs_the_task_again_as_a_new_try_with_its_own_log(stack: St
     mail = await wait_for(mailed, timeout=30, what="the mail to alice")
     assert "task 'migrate' failed (exit code 3)" in mail
     assert f"stageflow resume {ref} prod --retry | --skip | --fail" in mail
+    assert "stageflow reject" not in mail  # the three choices say it all
 
     (stack.root / "fixed").touch()
     retried = await decide(
@@ -128,6 +129,9 @@ async def test_skip_goes_on_partially_succeeded_and_fail_fails_through_the_cli(
     assert run_of(status, "migrate").status == TaskStatus.FAILED
     assert run_of(status, "smoke").status == TaskStatus.SUCCEEDED
     assert "skip by alice: known flake" in run_of(status, "migrate").message
+    (event,) = [e for e in status.stage("prod").attempts[-1].events if e.action == "skip"]
+    assert (event.actor, event.outcome) == ("alice", "accepted")
+    assert event.detail == "failed task 'migrate': known flake"
 
     failed, _ = await stack.create(path)
     await waiting(stack, failed)

@@ -15,8 +15,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval_policy import Decision
     from workflows.audit import SYSTEM, AuditEvent
     from workflows.deployment import Deployment, PendingIntervention, Rejected
-    from workflows.mail import intervention_mails, mail_summary
-    from workflows.pipeline import ManualIntervention, Task, format_duration
+    from workflows.mail import choice_command, failure_mails, intervention_mails, mail_summary
+    from workflows.pipeline import Task, format_duration
     from workflows.release import StageStatus, TaskRun, TaskStatus
     from workflows.who_may import may_decide_intervention
 
@@ -91,16 +91,17 @@ async def failure_choice(d: Deployment, task: Task, run: TaskRun) -> FailureChoi
     previous = d.attempt.status
     deadline = workflow.now() + spec.timeout
     code = f" (exit code {run.exit_code})" if run.exit_code is not None else ""
-    ref = d.spec.reference
-    instructions = (
-        f"task {task.name!r} failed{code}: choose "
-        f"stageflow resume {ref} {d.stage.name} --retry | --skip | --fail"
-    )
-    d.wait(deadline, instructions)
+    failed = f"task {task.name!r} failed{code}"
+    d.wait(deadline, f"{failed}: choose {choice_command(d.spec.reference, d.stage.name)}")
     d.set_status(StageStatus.WAITING_FOR_INTERVENTION)
-    asking = ManualIntervention(instructions=instructions, timeout=spec.timeout, approvers=spec.ask)
-    for request in intervention_mails(
-        d.spec, d.stage.name, d.input.attempt, asking, deadline, d.deciders.of(spec.ask)
+    for request in failure_mails(
+        d.spec,
+        d.stage.name,
+        d.input.attempt,
+        failed,
+        deadline,
+        spec.ask,
+        d.deciders.of(spec.ask),
     ):
         send_in_background(request, d.task_queue, mail_summary(request))
     try:
@@ -134,12 +135,16 @@ async def failure_choice(d: Deployment, task: Task, run: TaskRun) -> FailureChoi
 def decide_intervention(
     d: Deployment, decision: Decision, action: Literal["resume", "reject"]
 ) -> AuditEvent:
+    """`resume` or `reject` of what waits for a person: a manual intervention, or a
+    failed task's choice (guided failure); the verdict is in the trail either way."""
     pending = d.intervention
     open_approvers = pending.approvers if pending and pending.decision is None else None
     reason = may_decide_intervention(d.deciders, open_approvers, decision.by, decision.groups)
     if reason is None and pending is not None and pending.kind == "failure":
         return _decide_failure(d, pending, decision, action)
-    if reason is None and decision.choice is not None:
+    if decision.choice is not None and pending is None:
+        reason = "no failed task waits for a choice (--retry, --skip or --fail)"
+    elif reason is None and decision.choice is not None:
         reason = (
             "no failed task waits for a choice: a manual intervention does "
             "(resume without --retry, --skip or --fail)"

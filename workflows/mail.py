@@ -156,6 +156,40 @@ def intervention_mails(
     )
 
 
+def choice_command(reference: str, stage: str) -> str:
+    """The commands that choose after a failed task (guided failure), in one line:
+    `stageflow resume webapp/7 prod --retry | --skip | --fail`."""
+    return f"{resume_command(reference, stage)} --retry | --skip | --fail"
+
+
+def failure_mails(
+    spec: ReleaseSpec,
+    stage: str,
+    attempt: int,
+    failed: str,
+    deadline: datetime,
+    approvers: list[str],
+    users: list[str],
+) -> list[NotificationRequest]:
+    """One mail per person who may choose after a failed task (guided failure): what
+    failed and the commands that retry, skip or fail it. No reject command: the three
+    choices say it all (a reject would be fail)."""
+    return _one_each(
+        spec,
+        stage,
+        attempt,
+        "intervention_pending",
+        users,
+        lambda _user: {
+            "deadline": deadline,
+            "approvers": approvers,
+            "instructions": f"{failed}. Retry it (on the same agent), skip it (the stage "
+            "goes on and ends partially succeeded) or fail the stage.",
+            "command": choice_command(spec.reference, stage),
+        },
+    )
+
+
 def _one_each(
     spec: ReleaseSpec,
     stage: str,

@@ -6,6 +6,8 @@ A lease is an `async with AgentLease(...)`: entering it holds one agent of the
 pool (the agent signals which queue to send the job's steps to), every step runs
 on that agent's queue raced against the lease, and leaving it ends the lease.
 Manual interventions split a job: the agent is not held while a person decides.
+A task that fails on a stage with `on_failure` does not: the agent stays leased
+while a person chooses retry, skip or fail, so a retry runs in the same work dir.
 """
 
 from __future__ import annotations
@@ -100,6 +102,17 @@ def task_segments(tasks: list[Task]) -> list[tuple[bool, list[int]]]:
     return segments
 
 
+def lease_time(d: Deployment, job: Job) -> timedelta:
+    """How long a lease may last: the job's timeout and a margin, and, on a stage with
+    `on_failure`, one person's wait per agent task (the agent stays leased meanwhile, so
+    a retry runs in the same work dir; a lease that outlives even that ends as lost)."""
+    waits = timedelta(0)
+    if d.stage.on_failure is not None:
+        asked = [t for t in job.tasks if t.runs_on_agent and not t.continue_on_error]
+        waits = d.stage.on_failure.timeout * len(asked)
+    return job.timeout + timedelta(minutes=10) + waits
+
+
 class AgentLease:
     """One agent of a pool held for one try of a job, for as long as the block runs."""
 
@@ -123,7 +136,7 @@ class AgentLease:
             LeaseRequest(context=context),
             task_queue=pool_queue(job.pool),
             summary=f"lease an agent from pool {job.pool!r} for job {job.name!r}",
-            start_to_close=job.timeout + timedelta(minutes=10),
+            start_to_close=lease_time(self.d, job),
         )
         try:
             await workflow.wait_condition(
@@ -264,9 +277,18 @@ class AgentLease:
             LeaseRequest(context=self.context),
             task_queue=self.granted.task_queue,
             summary=f"renew the lease on {self.granted.agent_name} (after losing sight of it)",
-            start_to_close=self.job.timeout + timedelta(minutes=10),
+            start_to_close=lease_time(self.d, self.job),
         )
         return True
+
+
+def _try_words(try_number: int, tries: int) -> str:
+    """` (try 2 of 3)` in a step's summary; past `tries`, a person chose retry."""
+    if try_number == 1:
+        return ""
+    if try_number <= tries:
+        return f" (try {try_number} of {tries})"
+    return f" (try {try_number}: retry chosen after the task failed)"
 
 
 def _ended_well(handle: workflow.ActivityHandle[LeaseResult]) -> bool:
@@ -446,6 +468,8 @@ class Jobs:
                 ships_itself = workflow.patched("run-task-ships-log")
                 # The segment's last task ends the lease on the agent when it is done
                 # (on its last try, or once it succeeds): no separate cleanup step.
+                # Guided, only once it succeeds: after a failure a person may choose
+                # retry on this agent; after skip or fail, leaving the lease cleans up.
                 end_lease: Literal["never", "always", "if_succeeded"] = "never"
                 if position == indexes[-1] and workflow.patched("run-task-ends-lease"):
                     final = try_number == last_try and not guided
@@ -497,8 +521,7 @@ class Jobs:
             return await lease.run(
                 RUN_TASK,
                 request,
-                summary=f"run task {task.name!r}"
-                + (f" (try {try_number} of {task.retries + 1})" if try_number > 1 else ""),
+                summary=f"run task {task.name!r}" + _try_words(try_number, task.retries + 1),
             )
         except ActivityError as err:
             cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
