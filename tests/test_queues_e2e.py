@@ -102,8 +102,11 @@ async def kill_control_worker_mid_way(stack: Stack, worker, pipeline: str) -> No
     await stack.start_worker()
 
 
+# Each run is steady until its first deployment has ended, then the control worker is
+# killed -9 and another started: the invariants hold across both parts. (A run without
+# the kill checks nothing more and costs a minute of the suite's 15.)
 @pytest.mark.e2e
-@pytest.mark.parametrize("kill", [False, True], ids=["steady", "control-worker-killed"])
+@pytest.mark.parametrize("kill", [True], ids=["control-worker-killed"])
 async def test_sequence_deploys_one_at_a_time_in_release_number_order(
     stack: Stack, kill: bool
 ) -> None:
@@ -128,7 +131,7 @@ async def test_sequence_deploys_one_at_a_time_in_release_number_order(
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("kill", [False, True], ids=["steady", "control-worker-killed"])
+@pytest.mark.parametrize("kill", [True], ids=["control-worker-killed"])
 async def test_latest_only_deploys_the_newest_waiting_and_skips_the_rest(
     stack: Stack, kill: bool
 ) -> None:
