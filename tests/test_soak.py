@@ -40,7 +40,7 @@ from workflows.release import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-SHORT_SOAK_SECONDS = 180
+SHORT_SOAK_SECONDS = 150
 
 
 def ts(seconds: float) -> datetime:
@@ -345,9 +345,9 @@ def test_short_soak_keeps_every_promise_under_kill_9(tmp_path: Path) -> None:
         "-m",
         "bench.soak",
         "--kills",
-        "10",
-        "--releases",
         "6",
+        "--releases",
+        "5",
         "--seed",
         "11",
         "--max-minutes",
@@ -388,12 +388,12 @@ def test_short_soak_keeps_every_promise_under_kill_9(tmp_path: Path) -> None:
     assert record_path.exists(), output[-4000:]
     record = json.loads(record_path.read_text())
     assert record["errors"] == [], record["errors"]
-    assert record["kills"]["total"] >= 10
+    assert record["kills"]["total"] >= 6
     assert set(record["kills"]["by_kind"]) == {"server", "worker", "agent"}
     # A create that fails (`release create` gives up on a transport error while the
     # server restarts) is reported, not an invariant; the soak needs releases to run.
     releases = record["releases"]
-    assert releases["created"] + len(releases["create_errors"]) == 6
+    assert releases["created"] + len(releases["create_errors"]) == 5
     assert releases["created"] >= 3, releases["create_errors"]
     assert record["runs"]["total"] > 0
     assert record["duration_seconds"] <= SHORT_SOAK_SECONDS
