@@ -71,20 +71,50 @@ def build_parser() -> argparse.ArgumentParser:
         """A process command: runs Stageflow here, on Temporal and the record."""
         return sub.add_parser(name, help=help, description=help, parents=[common])
 
-    pipeline = process("pipeline", "validate a pipeline file or print its JSON Schema")
+    pipeline = process(
+        "pipeline", "store pipelines as revisions and read them; validate a file, print the schema"
+    )
     pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
     validate = pipeline_sub.add_parser("validate", help="check a pipeline file", parents=[common])
     validate.add_argument("file")
     pipeline_sub.add_parser("schema", help="print the pipeline JSON Schema", parents=[common])
+    apply = pipeline_sub.add_parser(
+        "apply",
+        help="store a pipeline file as its next revision, when it changed (an admin's)",
+        parents=[output],
+    )
+    apply.add_argument("file", help="the pipeline YAML (the API reads it: same machine)")
+    pipeline_sub.add_parser(
+        "list", help="the pipelines and their latest revisions", parents=[output]
+    )
+    pipeline_show = pipeline_sub.add_parser(
+        "show", help="a stored revision's text (default: the latest)", parents=[output]
+    )
+    pipeline_show.add_argument("pipeline")
+    pipeline_show.add_argument("--revision", type=int, metavar="R")
+    pipeline_history = pipeline_sub.add_parser(
+        "history", help="who applied which revision, when", parents=[output]
+    )
+    pipeline_history.add_argument("pipeline")
+    pipeline_diff = pipeline_sub.add_parser(
+        "diff", help="unified diff from revision R1 to R2 (default: the latest)", parents=[output]
+    )
+    pipeline_diff.add_argument("pipeline")
+    pipeline_diff.add_argument("from_revision", type=int, metavar="R1")
+    pipeline_diff.add_argument("to_revision", type=int, metavar="R2", nargs="?")
 
     release = command("release", "create, list and show releases")
     release_sub = release.add_subparsers(dest="release_command", required=True, metavar="ACTION")
     create = release_sub.add_parser(
         "create",
-        help="create a release of a pipeline (the API reads the file: same machine)",
+        help="create a release of a stored pipeline, or of a file (the API reads it: same machine)",
         parents=[output],
     )
-    create.add_argument("file", help="the pipeline YAML")
+    create.add_argument(
+        "pipeline",
+        metavar="PIPELINE|FILE",
+        help="a stored pipeline (its latest revision), or a pipeline YAML (stored first)",
+    )
     create.add_argument("--artifact", action="append", default=[], metavar="ALIAS=VERSION")
     create.add_argument("--var", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--until", metavar="STAGE", help="deploy no further than this stage")
@@ -506,6 +536,8 @@ async def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- user commands: HTTP clients of the API --------------------------------------------
 
+# `pipeline ACTION`s that go through the API; validate and schema run here.
+STORED_PIPELINE_COMMANDS = {"apply", "list", "show", "history", "diff"}
 USER_COMMANDS = {
     "release",
     "deploy",
@@ -544,7 +576,12 @@ def run_user_command(args: argparse.Namespace) -> int:
         from starter import access_commands
 
         return access_commands.login(args) if command == "login" else access_commands.logout(args)
-    name = command if command != "release" else f"release {args.release_command}"
+    if command == "release":
+        name = f"release {args.release_command}"
+    elif command == "pipeline":
+        name = f"pipeline {args.pipeline_command}"
+    else:
+        name = command
     module, function = USER_HANDLERS[name].split(":")
     handler: Callable[[Api, argparse.Namespace], int] = getattr(
         importlib.import_module(f"starter.{module}"), function
@@ -558,6 +595,11 @@ def run_user_command(args: argparse.Namespace) -> int:
 
 # Each user command's function, as "module:function" under starter/.
 USER_HANDLERS = {
+    "pipeline apply": "pipeline_commands:apply",
+    "pipeline list": "pipeline_commands:list_pipelines",
+    "pipeline show": "pipeline_commands:show",
+    "pipeline history": "pipeline_commands:history",
+    "pipeline diff": "pipeline_commands:diff",
     "release create": "commands:create",
     "release list": "read_commands:list_releases",
     "release show": "read_commands:show",
@@ -670,7 +712,9 @@ def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in USER_COMMANDS:
+        if args.command in USER_COMMANDS or (
+            args.command == "pipeline" and args.pipeline_command in STORED_PIPELINE_COMMANDS
+        ):
             return _user_command(args)
         return run_process_command(args)
     except (UserError, Unavailable, ValueError) as err:

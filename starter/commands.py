@@ -57,14 +57,21 @@ def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
 
 
 def create(api: Api, args: argparse.Namespace) -> int:
-    """Create a release of the pipeline file. The API reads the file (it runs where the
-    data dir is), so the path goes as an absolute one; the pipeline is checked there."""
-    if not os.path.isfile(args.file):
-        raise ValueError(f"{args.file}: no such file")
+    """Create a release of a stored pipeline (its latest revision), or of a pipeline file.
+    The API reads the file (it runs where the data dir is), so the path goes as an
+    absolute one; the pipeline is checked there, and stored when it changed. A name
+    that is also a file here is the file."""
+    source = (
+        {"file": os.path.abspath(args.pipeline)}
+        if os.path.isfile(args.pipeline)
+        else {"pipeline": args.pipeline}
+    )
+    if "pipeline" in source and ("/" in args.pipeline or args.pipeline.endswith((".yml", ".yaml"))):
+        raise ValueError(f"{args.pipeline}: no such file")
     created = api.post(
         "/releases",
         {
-            "file": os.path.abspath(args.file),
+            **source,
             "artifacts": parse_pairs(args.artifact, "--artifact"),
             "variables": parse_pairs(args.var, "--var"),
             "until": args.until,

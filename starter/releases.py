@@ -38,6 +38,7 @@ from workflows.names import (
     pipeline_workflow_id,
     stage_workflow_id,
 )
+from workflows.pipeline import Pipeline
 from workflows.pipeline_workflow import (
     CreatedRelease,
     NewRelease,
@@ -119,6 +120,35 @@ async def create_release(
     starts: an invalid pipeline never becomes a release.
     """
     pipeline, revision = load_pipeline(pipeline_file)
+    return await create_release_of(
+        client,
+        pipeline,
+        revision,
+        pipeline_file,
+        user=user,
+        artifact_versions=artifact_versions,
+        variables=variables,
+        until=until,
+        description=description,
+        task_queue=task_queue,
+    )
+
+
+async def create_release_of(
+    client: Client,
+    pipeline: Pipeline,
+    revision: str,
+    pipeline_file: Path,
+    *,
+    user: str,
+    artifact_versions: dict[str, str] | None = None,
+    variables: dict[str, str] | None = None,
+    until: str | None = None,
+    description: str = "",
+    task_queue: str = CONTROL_TASK_QUEUE,
+) -> CreatedRelease:
+    """Create the numbered release of a validated pipeline (revision: its sha256), whose
+    relative artifact paths start at `pipeline_file`'s directory."""
     if until is not None and until not in pipeline.stage_names:
         raise StageNotFound(
             f"--until {until!r}: no such stage in {pipeline.name} "

@@ -32,6 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.record import default_database_url, open_database
 from activities.record.identity import add_user, create_token
+from starter.cli import STORED_PIPELINE_COMMANDS
 from starter.polling import poll
 from starter.releases import ReleaseRef, create_release, release_status, settled
 from tests.postgres import PostgresCluster, missing_binaries, start_cluster
@@ -72,6 +73,16 @@ def command_of(args: tuple[str, ...]) -> str | None:
         elif not word.startswith("-"):
             return word
     return None
+
+
+def is_user_command(args: tuple[str, ...]) -> bool:
+    """Whether `stageflow ARGS` is a client of the API (`pipeline apply` is, `pipeline
+    validate` is not)."""
+    command = command_of(args)
+    if command == "pipeline":
+        rest = args[args.index("pipeline") + 1 :]
+        return command_of(rest) in STORED_PIPELINE_COMMANDS
+    return command not in PROCESS_COMMANDS
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -303,7 +314,7 @@ class Stack:
         """Run `stageflow ARGS` as a user would, in this test's world, with `input` on
         its stdin. A user command runs as `user`, signed in to this test's API (started
         on the first one), unless `env` says STAGEFLOW_URL / STAGEFLOW_TOKEN itself."""
-        if command_of(args) not in PROCESS_COMMANDS:
+        if is_user_command(args):
             if "STAGEFLOW_URL" not in env:
                 env["STAGEFLOW_URL"] = self.api()
             if "STAGEFLOW_TOKEN" not in env:

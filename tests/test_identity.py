@@ -376,7 +376,7 @@ async def test_upgrade_from_0003_keeps_the_rows_and_makes_the_schema_the_models_
                 text("INSERT INTO record_meta (key, value) VALUES ('backfill', 'done')")
             )
         await upgrade(record_url)
-        assert await current_revision(record_url) == "0006"
+        assert await current_revision(record_url) == "0007"
         async with database.reading() as session:
             assert (await session.execute(text("SELECT name FROM pipelines"))).scalars().all() == [
                 "webapp"

@@ -299,7 +299,7 @@ async def test_upgrade_creates_on_an_empty_database_the_schema_the_models_declar
 ) -> None:
     assert await current_revision(record_url) is None
     await upgrade(record_url)
-    assert await current_revision(record_url) == "0006"
+    assert await current_revision(record_url) == "0007"
     database = open_database(record_url)
     try:
         async with database.engine.connect() as connection:
@@ -319,7 +319,7 @@ async def test_upgrade_run_again_changes_nothing_and_keeps_the_rows(record_url: 
     try:
         await record_release(database, spec(), version=1)
         await upgrade(record_url)
-        assert await current_revision(record_url) == "0006"
+        assert await current_revision(record_url) == "0007"
         assert [r.number for r in await releases(database)] == [1]
     finally:
         await database.close()
@@ -338,7 +338,7 @@ async def test_processes_upgrading_at_once_all_succeed(record_url: str) -> None:
     ]
     outputs = [p.communicate(timeout=60)[0].decode() for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], outputs
-    assert await current_revision(record_url) == "0006"
+    assert await current_revision(record_url) == "0007"
 
 
 async def test_default_record_is_a_sqlite_file_in_the_data_dir_in_wal_mode(

@@ -93,6 +93,24 @@ class RevisionRow(Base):
     first_release: Mapped[int | None]
 
 
+class StoredRevisionRow(Base):
+    """One applied version of a pipeline (`pipeline apply`, or `release create FILE`):
+    revision `number` of the pipeline, whose text is the RevisionRow of its sha256."""
+
+    __tablename__ = "stored_revisions"
+    __table_args__ = (UniqueConstraint("pipeline_id", "number"),)
+
+    id: Mapped[int] = _id()
+    pipeline_id: Mapped[int] = _parent("pipelines")
+    number: Mapped[int] = mapped_column(Integer, doc="1, 2, … per pipeline")
+    sha256: Mapped[str] = mapped_column(String(64))
+    author: Mapped[str] = mapped_column(Name)
+    time: Mapped[datetime]
+    source: Mapped[str | None] = mapped_column(
+        Text, doc="the file it was applied from: relative artifact paths start there"
+    )
+
+
 class ReleaseRow(Base):
     """A release: its snapshot and what it shows in lists (state, aggregate status)."""
 
@@ -122,6 +140,17 @@ class ReleaseRow(Base):
     )
     snapshot: Mapped[dict[str, Any]] = mapped_column(Json, doc="the ReleaseSpec")
     version: Mapped[int] = mapped_column(Version)
+
+
+class ReleaseWorkItemRow(Base):
+    """A work item a release brings (named by its commits): `stageflow where ITEM`."""
+
+    __tablename__ = "release_work_items"
+    __table_args__ = (UniqueConstraint("release_id", "item"), Index(None, "item"))
+
+    id: Mapped[int] = _id()
+    release_id: Mapped[int] = _parent("releases")
+    item: Mapped[str] = mapped_column(Name)
 
 
 class ReleaseStageRow(Base):

@@ -107,10 +107,10 @@ async def record_revision(
     first_release: int | None = None,
 ) -> None:
     """Record one version of a pipeline's definition (the pipeline's change history)."""
-    await db.run_write(_record_revision, pipeline, sha256, author, time, definition, first_release)
+    await db.run_write(write_revision, pipeline, sha256, author, time, definition, first_release)
 
 
-def _record_revision(
+def write_revision(
     session: Connection,
     pipeline: str,
     sha256: str,

@@ -22,6 +22,7 @@ from temporalio.client import Client
 
 from activities import record
 from activities.record import Waiting, record_request, request_answered, sender_of
+from activities.record.stored_pipelines import stored_definition
 from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
 from starter import deployment_control as control
 from starter import releases as actions
@@ -37,12 +38,13 @@ from starter.api.params import (
     Text,
     WordQuery,
 )
-from starter.api.problems import ACTION_RESPONSES, Problem, not_found
+from starter.api.problems import ACTION_RESPONSES, Problem, forbidden, not_found
 from starter.pipeline_loader import InvalidPipeline, load_pipeline
+from starter.pipelines import NoStoredPipeline, apply_file, stored_file, stored_pipeline
 from starter.reading import termination, with_live_view
 from starter.releases import ReleaseClosed, ReleaseNotFound, ReleaseRef, StageNotFound
 from workflows.audit import AuditEvent
-from workflows.pipeline import Stage
+from workflows.pipeline import Pipeline, Stage
 from workflows.release import ReleaseSpec, ReleaseStatus
 
 RequestId = Annotated[
@@ -125,12 +127,14 @@ class IgnoreGateBody(Action):
 
 
 class CreateBody(Action):
-    file: str = Field(
+    file: str | None = Field(
+        None,
         min_length=1,
         max_length=4096,
         pattern=TEXT_PATTERN,
-        description="the pipeline YAML, a path on the server",
+        description="the pipeline YAML, a path on the server (stored first, when it changed)",
     )
+    pipeline: Name | None = Field(None, description="or a stored pipeline: its latest revision")
     artifacts: dict[Name, Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f]*$")]] = {}
     variables: dict[Name, Annotated[str, Field(max_length=10_000, pattern=TEXT_PATTERN)]] = {}
     until: Name | None = None
@@ -170,7 +174,7 @@ def add_routes(api: APIRouter) -> None:
     @api.post("/pipelines/validate", tags=["pipelines"], summary="check a pipeline file")
     async def validate(body: ValidateBody, _who: PrincipalDep) -> Validated:
         try:
-            pipeline, revision = load_pipeline(_server_file(body.file))
+            pipeline, revision = load_pipeline(server_file(body.file))
         except InvalidPipeline as err:
             return Validated(valid=False, problems=[str(p) for p in err.problems])
         return Validated(
@@ -229,18 +233,13 @@ def add_routes(api: APIRouter) -> None:
 
     @api.post("/releases", tags=["releases"], summary="create a release of a pipeline")
     async def create(body: CreateBody, svc: ServiceDep, can: AccessDep) -> Created:
-        path = _server_file(body.file)
+        pipeline, revision, base = await _release_source(body, svc, can)
         try:
-            pipeline, _ = load_pipeline(path)
-        except InvalidPipeline as err:
-            raise Problem(
-                422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)
-            ) from None
-        await can.release(pipeline)
-        try:
-            created = await actions.create_release(
+            created = await actions.create_release_of(
                 await svc.client(),
-                path,
+                pipeline,
+                revision,
+                base,
                 user=can.principal.user,
                 artifact_versions=body.artifacts,
                 variables=body.variables,
@@ -653,7 +652,51 @@ async def _act(
 # --- helpers -------------------------------------------------------------------------
 
 
-def _server_file(text: str) -> Path:
+async def _release_source(
+    body: CreateBody, svc: Service, can: Access
+) -> tuple[Pipeline, str, Path]:
+    """What a release is made of: the pipeline, its sha256 and the file its relative
+    paths start from. A file is stored first when it differs from the pipeline's latest
+    revision; changing a stored pipeline takes an admin, its first revision a releaser."""
+    if (body.file is None) == (body.pipeline is None):
+        raise Problem(422, "Invalid request", "body: give either file or pipeline")
+    if body.pipeline is not None:
+        await can.release(body.pipeline)
+        try:
+            pipeline, stored = await stored_pipeline(svc.db, body.pipeline)
+        except NoStoredPipeline as err:
+            raise not_found(str(err)) from None
+        except InvalidPipeline as err:
+            raise Problem(
+                422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)
+            ) from None
+        return pipeline, stored.sha256, Path(stored_file(stored))
+    assert body.file is not None
+    path = server_file(body.file)
+    try:
+        pipeline, revision = load_pipeline(path)
+    except InvalidPipeline as err:
+        raise Problem(422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)) from None
+    await can.release(pipeline)
+    latest = await stored_definition(svc.db, pipeline.name)
+    if latest is None or latest.sha256 != revision:
+        if latest is not None and "admin" not in await can.roles(pipeline.name):
+            raise forbidden(
+                f"{path} differs from revision {latest.revision} of pipeline"
+                f" {pipeline.name!r}, and only its admins change it: release the stored one"
+                f" (`stageflow release create {pipeline.name}`) or ask an admin to"
+                " `stageflow pipeline apply` the file"
+            )
+        try:
+            await apply_file(svc.db, path, can.principal.user)
+        except InvalidPipeline as err:
+            raise Problem(
+                422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)
+            ) from None
+    return pipeline, revision, path
+
+
+def server_file(text: str) -> Path:
     path = Path(text)
     if not path.is_absolute():
         raise Problem(422, "Invalid request", f"body.file: {text!r} must be an absolute path")
