@@ -131,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--page", type=int, default=1)
     show = release_sub.add_parser("show", help="one release and its stages", parents=[output])
     show.add_argument("release", metavar="PIPELINE/NUMBER")
+    release_diff = release_sub.add_parser(
+        "diff",
+        help="artifact versions, variables, commits and work items between two releases",
+        parents=[output],
+    )
+    release_diff.add_argument("before", metavar="PIPELINE/N")
+    release_diff.add_argument("after", metavar="PIPELINE/M")
+    where = command("where", "on which stages (and in which releases) a work item is")
+    where.add_argument("item", help="a work item, as commits name it: ABC-12, #7")
+    where.add_argument("--pipeline")
 
     for name, help in (
         ("deploy", "deploy a stage of a release"),
@@ -540,6 +550,7 @@ async def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
 STORED_PIPELINE_COMMANDS = {"apply", "list", "show", "history", "diff"}
 USER_COMMANDS = {
     "release",
+    "where",
     "deploy",
     "redeploy",
     "cancel",
@@ -603,6 +614,8 @@ USER_HANDLERS = {
     "release create": "commands:create",
     "release list": "read_commands:list_releases",
     "release show": "read_commands:show",
+    "release diff": "change_commands:diff",
+    "where": "change_commands:where",
     "deploy": "commands:deploy",
     "redeploy": "commands:redeploy",
     "cancel": "commands:cancel",

@@ -50,14 +50,17 @@ def list_releases(api: Api, args: argparse.Namespace) -> int:
 
 
 def show(api: Api, args: argparse.Namespace) -> int:
+    from starter.change_commands import print_changes, release_changes
     from starter.commands import fetch_release
 
     ref = release_ref(args.release)
     status, live = fetch_release(api, ref)
+    changes = release_changes(api, ref)
     unavailable = live.get("live_unavailable")
     if args.json:
         data = render.release_json(status.model_dump(mode="json"))
         data["live"] = bool(live.get("live"))
+        data["changes"] = changes
         if unavailable:
             data["live_unavailable"] = unavailable
         print(json.dumps(data))
@@ -65,6 +68,7 @@ def show(api: Api, args: argparse.Namespace) -> int:
     render.console().print(render.release_view(status))
     if any(v.latest and v.latest.tasks for v in status.stages):
         render.console().print(render.tasks_table(status))
+    print_changes(render.console(), changes)
     if unavailable:
         print(f"live view unavailable: {unavailable}; showing the recorded state")
     return Exit.OK

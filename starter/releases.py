@@ -9,7 +9,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from starter.pipeline_loader import load_pipeline
 from starter.release_ref import ReleaseRef
 from workflows.approval_policy import Decision
 from workflows.audit import AuditEvent
+from workflows.changes import ReleaseChanges
 from workflows.names import (
     CONTROL_TASK_QUEUE,
     pipeline_workflow_id,
@@ -53,6 +54,7 @@ from workflows.release import (
     GateIgnore,
     LateDecision,
     ReleaseStatus,
+    ResolvedArtifact,
     StageAttempt,
     StageStatus,
     end_from_outside,
@@ -91,6 +93,10 @@ class ReleaseClosed(LookupError):
 
 class WorkflowClosed(Exception):
     """The workflow an update was sent to has completed."""
+
+
+# What the pinned artifacts bring (starter/changes.py), for the release's snapshot.
+ChangesOf = Callable[[list[ResolvedArtifact]], Awaitable[ReleaseChanges | None]]
 
 
 def parse_vars(pairs: list[str], what: str = "--var") -> dict[str, str]:
@@ -146,6 +152,8 @@ async def create_release_of(
     until: str | None = None,
     description: str = "",
     task_queue: str = CONTROL_TASK_QUEUE,
+    changes_of: ChangesOf | None = None,
+    request_id: str | None = None,
 ) -> CreatedRelease:
     """Create the numbered release of a validated pipeline (revision: its sha256), whose
     relative artifact paths start at `pipeline_file`'s directory."""
@@ -165,7 +173,8 @@ async def create_release_of(
         until=until,
         description=description,
         created_by=user,
-        request_id=uuid.uuid4().hex,
+        request_id=request_id or uuid.uuid4().hex,
+        changes=await changes_of(artifacts) if changes_of else None,
     )
     check_release_request(request)  # settable variables only; fits one Temporal payload
     # A burst of creates on one pipeline can exceed the server's in-flight updates

@@ -6,6 +6,7 @@ keeps its own snapshot. Changing a stored pipeline takes one of its admins."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,9 @@ SECOND = """
 """
 
 
-def ok(done: object) -> str:
-    assert getattr(done, "returncode") == 0, getattr(done, "stderr")
-    return str(getattr(done, "stdout"))
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def release_of(stack: Stack, output: str) -> ReleaseRef:

@@ -58,11 +58,16 @@ class ReleaseChanges(Model):
 
 
 def work_items_in(messages: list[str], patterns: list[str]) -> list[str]:
-    """The work items the messages name, each once, in the order first named."""
+    """The work items the messages name, each once, in the order first named (message
+    by message, and within one by where it stands)."""
     compiled = [re.compile(pattern) for pattern in patterns]
     found: dict[str, None] = {}
     for message in messages:
-        for pattern in compiled:
-            for match in pattern.finditer(message):
-                found[match.group(1) if pattern.groups else match.group(0)] = None
+        named = sorted(
+            (match.start(), match.group(1) if pattern.groups else match.group(0))
+            for pattern in compiled
+            for match in pattern.finditer(message)
+        )
+        for _, item in named:
+            found[item] = None
     return list(found)

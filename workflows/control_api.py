@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from workflows.changes import ReleaseChanges
 from workflows.pipeline import Freeze, GateCheck, Model, Schedule
 from workflows.release import ResolvedArtifact
 
@@ -45,6 +46,7 @@ class ReleaseSummary(Model):
     description: str = ""
     created_by: str
     artifacts: list[ResolvedArtifact] = []
+    changes: ReleaseChanges | None = None
 
 
 class NotificationRequest(Model):

@@ -73,6 +73,7 @@ def mail(
         description=spec.description,
         created_by=spec.created_by,
         artifacts=spec.artifacts,
+        changes=spec.changes if spec.changes and spec.changes.artifacts else None,
     )
     return NotificationRequest(
         kind=kind,

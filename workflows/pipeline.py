@@ -789,6 +789,32 @@ class Stage(Model):
         return self.trigger.replace("_", " ")
 
 
+# The patterns a pipeline gets when it names none: `#123` (GitHub, GitLab; also in
+# "Fixes #12") and `ABC-123` (Jira, YouTrack).
+DEFAULT_WORK_ITEM_PATTERNS = [r"(?<![\w&/])#\d+\b", r"\b[A-Z][A-Z0-9]+-\d+\b"]
+
+
+class WorkItems(Model):
+    """`work_items:` the patterns that find work items in the commits a release brings.
+
+    Each is a regular expression; the item is its group when it has one, else the
+    whole match."""
+
+    patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_WORK_ITEM_PATTERNS))
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                compiled = re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a regular expression: {err}") from None
+            if compiled.groups > 1:
+                raise ValueError(f"{pattern!r} has {compiled.groups} groups: at most one")
+        return patterns
+
+
 class Pipeline(Model):
     """A pipeline: artifacts, variables and stages with their triggers and jobs."""
 
@@ -807,6 +833,10 @@ class Pipeline(Model):
     users: dict[str, UserInfo] = Field({}, description="people's email addresses")
     artifacts: list[Artifact] = []
     stages: list[Stage] = Field(min_length=1)
+    work_items: WorkItems = Field(
+        default_factory=WorkItems,
+        description="how commit messages name work items (default: #123 and ABC-123)",
+    )
     retention: Retention = Field(
         default_factory=Retention,
         description="how long the record keeps releases (days, keep_last) and when an idle"

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from jinja2.sandbox import SandboxedEnvironment
 
     from workflows.activity_refs import ENDED_WORKFLOWS
+    from workflows.changes import ReleaseChanges
     from workflows.control_api import EndedRequest
     from workflows.names import release_workflow_id
     from workflows.pipeline import Model, Pipeline
@@ -69,6 +70,7 @@ class NewRelease(Model):
     description: str = ""
     created_by: str
     request_id: str
+    changes: ReleaseChanges | None = None
 
 
 class CreatedRelease(Model):
@@ -215,6 +217,7 @@ class PipelineWorkflow:
             created_by=request.created_by,
             created_at=now,
             revision=request.revision,
+            changes=request.changes,
         )
         created = CreatedRelease(
             number=number,

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from workflows.approval_policy import ApprovalState
 from workflows.audit import AuditEvent
+from workflows.changes import ReleaseChanges
 from workflows.gates import GateState
 from workflows.pipeline import Model, Pipeline, SecretRef, Stage, VariableValue
 from workflows.stage_dag import ancestors
@@ -96,10 +97,17 @@ class ReleaseSpec(Model):
     created_by: str
     created_at: datetime
     revision: str = Field(description="sha256 of the pipeline definition")
+    changes: ReleaseChanges | None = Field(
+        None, description="the commits and work items its git artifacts bring"
+    )
 
     @property
     def reference(self) -> str:
         return f"{self.pipeline.name}/{self.number}"
+
+    @property
+    def work_items(self) -> list[str]:
+        return self.changes.work_items if self.changes else []
 
 
 def merged_variables(spec: ReleaseSpec, stage: Stage) -> dict[str, VariableValue]:

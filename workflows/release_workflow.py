@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         SA_PIPELINE,
         SA_RELEASE,
         SA_STATUS,
+        SA_WORK_ITEMS,
         stage_workflow_id,
     )
     from workflows.pipeline import AfterStages, Model
@@ -79,6 +80,8 @@ def release_search_attributes(spec: ReleaseSpec, status: str) -> TypedSearchAttr
             SearchAttributePair(SA_STATUS, status),
             SearchAttributePair(SA_CREATED_BY, spec.created_by),
             SearchAttributePair(SA_ARTIFACTS, [f"{a.alias}@{a.version}" for a in spec.artifacts]),
+            # Only releases that bring work items carry the attribute (older ones never did).
+            *([SearchAttributePair(SA_WORK_ITEMS, spec.work_items)] if spec.work_items else []),
         ]
     )
 

@@ -43,6 +43,7 @@ from activities.record.tables import (
     PipelineRow,
     ReleaseRow,
     ReleaseStageRow,
+    ReleaseWorkItemRow,
     RevisionRow,
     TaskRunRow,
     TaskTryRow,
@@ -204,6 +205,13 @@ def _write_release(
         )
     ).scalar_one_or_none()
     release_id = changed if changed is not None else _release_id(session, pipeline_id, spec.number)
+    if spec.work_items:
+        session.execute(
+            _insert(session, _table(ReleaseWorkItemRow)).on_conflict_do_nothing(
+                index_elements=["release_id", "item"]
+            ),
+            [{"release_id": release_id, "item": item[:200]} for item in spec.work_items],
+        )
     stages = [
         {
             "release_id": release_id,

@@ -101,7 +101,13 @@ def create_app(
     client: Client | None = None,
 ) -> FastAPI:
     """The API for `settings`' record and Temporal; `oidc` None reads STAGEFLOW_OIDC_*."""
-    from starter.api import routes, routes_identity, routes_logs, routes_pipelines
+    from starter.api import (
+        routes,
+        routes_changes,
+        routes_identity,
+        routes_logs,
+        routes_pipelines,
+    )
     from starter.web import pages
 
     @asynccontextmanager
@@ -150,6 +156,7 @@ def create_app(
     routes_identity.add_identity_routes(api)
     routes_logs.add_log_routes(api)
     routes_pipelines.add_pipeline_routes(api)
+    routes_changes.add_change_routes(api)
     app.include_router(api)
     pages.add_pages(app, web_ui=settings.temporal_ui_url)
     return app

@@ -39,6 +39,7 @@ from starter.api.params import (
     WordQuery,
 )
 from starter.api.problems import ACTION_RESPONSES, Problem, forbidden, not_found
+from starter.changes import git_mirrors, release_changes
 from starter.pipeline_loader import InvalidPipeline, load_pipeline
 from starter.pipelines import NoStoredPipeline, apply_file, stored_file, stored_pipeline
 from starter.reading import termination, with_live_view
@@ -246,6 +247,9 @@ def add_routes(api: APIRouter) -> None:
                 until=body.until,
                 description=body.description,
                 task_queue=svc.settings.task_queue,
+                changes_of=lambda pinned: release_changes(
+                    svc.db, pipeline, pinned, git_mirrors(svc.settings.data_dir)
+                ),
             )
         except (StageNotFound, ValueError) as err:
             raise Problem(422, "Invalid release", str(err)) from None
