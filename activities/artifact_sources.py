@@ -1,6 +1,6 @@
 """What the CLI (pinning an artifact) and the agent (fetching it) agree on about its source.
 
-`starter/artifacts.py` pins a release's artifacts to versions; `activities/artifacts.py`
+`activities/artifact_pinning.py` pins a release's artifacts to versions; `activities/artifacts.py`
 fetches what was pinned into an agent's cache. Both read the same archive names and
 git repository addresses and fail with the same error, defined here so that neither
 imports the other (layers import downward only). Pure: no I/O.

@@ -36,8 +36,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 
-from starter.artifacts import resolve_artifacts
-from starter.pipeline_loader import load_pipeline
+from activities.artifact_pinning import resolve_artifacts
+from activities.pipeline_loader import load_pipeline
 from starter.polling import poll
 from starter.releases import ReleaseRef, create_release
 from worker.devserver import (

@@ -369,7 +369,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
-    from starter.pipeline_loader import load_pipeline, pipeline_json_schema
+    from activities.pipeline_loader import load_pipeline, pipeline_json_schema
 
     if args.pipeline_command == "schema":
         print(json.dumps(pipeline_json_schema(), indent=2))
@@ -685,7 +685,7 @@ def run_process_command(args: argparse.Namespace) -> int:
 
     from temporalio.service import RPCError
 
-    from starter.pipeline_loader import InvalidPipeline
+    from activities.pipeline_loader import InvalidPipeline
     from starter.releases import ReleaseClosed, ReleaseNotFound, StageNotFound
     from worker.devserver import ServerFailed
 

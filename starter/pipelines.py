@@ -14,6 +14,12 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
+from activities.pipeline_loader import (
+    InvalidPipeline,
+    PipelineProblem,
+    load_pipeline,
+    parse_pipeline,
+)
 from activities.record import Database
 from activities.record.stored_pipelines import (
     AppliedRevision,
@@ -21,7 +27,6 @@ from activities.record.stored_pipelines import (
     apply_definition,
     stored_definition,
 )
-from starter.pipeline_loader import InvalidPipeline, PipelineProblem, load_pipeline, parse_pipeline
 from workflows.pipeline import Pipeline
 
 

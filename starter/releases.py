@@ -27,9 +27,9 @@ from temporalio.client import (
 from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from starter.artifacts import resolve_artifacts
-from starter.limits import check_release_request
-from starter.pipeline_loader import load_pipeline
+from activities.artifact_pinning import resolve_artifacts
+from activities.limits import check_release_request
+from activities.pipeline_loader import load_pipeline
 from starter.release_ref import ReleaseRef
 from workflows.approval_policy import Decision
 from workflows.audit import AuditEvent
@@ -95,7 +95,7 @@ class WorkflowClosed(Exception):
     """The workflow an update was sent to has completed."""
 
 
-# What the pinned artifacts bring (starter/changes.py), for the release's snapshot.
+# What the pinned artifacts bring (activities/release_changes.py), for the release's snapshot.
 ChangesOf = Callable[[list[ResolvedArtifact]], Awaitable[ReleaseChanges | None]]
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from activities.artifact_pinning import resolve_artifacts, version_key
 from activities.artifact_sources import ArtifactError
 from activities.artifacts import ArtifactCache
-from starter.artifacts import resolve_artifacts, version_key
 from workflows.pipeline import Artifact, GitArtifact, HttpArtifact, LocalArtifact
 from workflows.release import ResolvedArtifact
 

@@ -23,8 +23,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
+from activities.limits import RequestRefused, check_release_request
 from activities.notify import Notifier, SmtpSettings
-from starter.limits import RequestRefused, check_release_request
 from starter.releases import ReleaseNotFound, ReleaseRef
 from tests.conftest import ROOT, Stack, wait_for
 from worker.devserver import free_port, start_dev_server, stop_process, wait_for_server

@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import Client, WorkflowHistory
 from temporalio.service import RPCError
 
-from starter.pipeline_loader import InvalidPipeline
+from activities.pipeline_loader import InvalidPipeline
 from starter.releases import ReleaseRef, deploy_stage
 from tests.conftest import Stack, wait_for
 from workflows.release import ReleaseStatus, StageStatus, TaskStatus

@@ -11,7 +11,7 @@ from textwrap import dedent
 
 import pytest
 
-from starter.pipeline_loader import InvalidPipeline, load_pipeline
+from activities.pipeline_loader import InvalidPipeline, load_pipeline
 from starter.releases import ReleaseRef, decide
 from tests.conftest import Stack, wait_for
 from tests.test_engine_e2e import replay_release

@@ -68,7 +68,7 @@ def test_every_kind_of_upward_import_is_named_with_file_and_line(tmp_path: Path)
         import activities.calendar
 
         with workflow.unsafe.imports_passed_through():
-            from starter.pipeline_loader import load_pipeline
+            from activities.pipeline_loader import load_pipeline
 
 
         def late() -> None:
@@ -82,7 +82,7 @@ def test_every_kind_of_upward_import_is_named_with_file_and_line(tmp_path: Path)
 
     assert upward_imports(tmp_path, "workflows") == [
         "workflows/stage.py:6: import activities.calendar",
-        "workflows/stage.py:9: from starter.pipeline_loader import load_pipeline",
+        "workflows/stage.py:9: from activities.pipeline_loader import load_pipeline",
         "workflows/stage.py:13: from worker import settings",
     ]
     assert upward_imports(tmp_path, "activities") == [

@@ -9,7 +9,7 @@ from textwrap import dedent
 
 import pytest
 
-from starter.pipeline_loader import (
+from activities.pipeline_loader import (
     InvalidPipeline,
     PipelineProblem,
     load_pipeline,

@@ -25,6 +25,7 @@ from temporalio.client import Client, ScheduleActionStartWorkflow, ScheduleOverl
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.pipeline_loader import pipeline_json_schema
 from activities.record import (
     Database,
     default_database_url,
@@ -40,7 +41,6 @@ from activities.record.retention import Retention, apply_retention
 from activities.record.tables import ReleaseRow
 from starter.cli import build_parser, settings_from
 from starter.maintenance import cmd_retention, retention_line
-from starter.pipeline_loader import pipeline_json_schema
 from starter.reading import RecordUnavailable
 from tests.conftest import wait_for
 from tests.postgres import PostgresCluster

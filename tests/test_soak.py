@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from activities.pipeline_loader import load_pipeline
 from bench.soak_invariants import (
     CreateRecord,
     Kill,
@@ -26,7 +27,6 @@ from bench.soak_invariants import (
 )
 from bench.soak_ledger import Ledger, Run
 from bench.soak_pipeline import STAGES, TASK_SCRIPT, SoakPipeline, write_pipeline
-from starter.pipeline_loader import load_pipeline
 from workflows.approval_policy import ApprovalState, DecisionRecord
 from workflows.audit import AuditEvent
 from workflows.release import (

@@ -124,7 +124,7 @@ async def test_show_where_and_diff_follow_the_commits_a_release_brings(stack: St
 
 
 def test_a_pipeline_names_its_own_work_item_patterns(tmp_path: Path) -> None:
-    from starter.pipeline_loader import InvalidPipeline, parse_pipeline
+    from activities.pipeline_loader import InvalidPipeline, parse_pipeline
     from workflows.changes import work_items_in
 
     text = """

@@ -21,9 +21,11 @@ from pydantic import BaseModel, Field
 from temporalio.client import Client
 
 from activities import record
+from activities.pipeline_loader import InvalidPipeline, load_pipeline
 from activities.record import Waiting, record_request, request_answered, sender_of
 from activities.record.stored_pipelines import stored_definition
 from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
+from activities.release_changes import git_mirrors, release_changes
 from starter import deployment_control as control
 from starter import releases as actions
 from starter.api.access import Access, is_approver_anywhere
@@ -39,8 +41,6 @@ from starter.api.params import (
     WordQuery,
 )
 from starter.api.problems import ACTION_RESPONSES, Problem, forbidden, not_found
-from starter.changes import git_mirrors, release_changes
-from starter.pipeline_loader import InvalidPipeline, load_pipeline
 from starter.pipelines import NoStoredPipeline, apply_file, stored_file, stored_pipeline
 from starter.reading import termination, with_live_view
 from starter.releases import ReleaseClosed, ReleaseNotFound, ReleaseRef, StageNotFound

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from activities.pipeline_loader import InvalidPipeline, load_pipeline
 from activities.record.stored_pipelines import (
     AppliedRevision,
     StoredDefinition,
@@ -26,7 +27,6 @@ from starter.api.app import AccessDep, ServiceDep
 from starter.api.params import MAX_NUMBER, PipelineName
 from starter.api.problems import Problem, not_found
 from starter.api.routes import ValidateBody, server_file
-from starter.pipeline_loader import InvalidPipeline, load_pipeline
 from starter.pipelines import apply_file
 
 RevisionQuery = Annotated[

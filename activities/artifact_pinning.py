@@ -1,6 +1,7 @@
 """Pin every artifact of a pipeline to one version when a release is created.
 
-Runs in the CLI process, before the release workflow starts, so the release
+Runs where a release is created (the API, or a trigger's activity), before the
+release workflow starts, so the release
 snapshot names concrete versions: a drop folder's `latest` becomes `1.10.0`, a
 git ref becomes a commit. Agents later fetch exactly what is pinned here
 (see `activities/artifacts.py`). Nothing is downloaded here.

@@ -11,6 +11,7 @@ The result goes into the release's snapshot, so the record, the approval mail an
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 
 from activities.artifact_sources import ArtifactError
@@ -53,7 +54,7 @@ async def release_changes(
 
 
 def _read_commits(
-    pinned: list[ResolvedArtifact], bases: dict[str, str | None], cache_dir: Path
+    pinned: list[ResolvedArtifact], bases: Mapping[str, str | None], cache_dir: Path
 ) -> list[ArtifactChanges]:
     found = []
     for artifact in pinned:

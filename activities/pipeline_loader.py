@@ -30,7 +30,7 @@ from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from activities.calendar import calendar_problems
-from starter.limits import (
+from activities.limits import (
     PIPELINE_DEPTH_LIMIT,
     PIPELINE_EXPANDED_LIMIT,
     PIPELINE_FILE_LIMIT,
