@@ -420,6 +420,16 @@ def calendar_problems(
     return []
 
 
+def cron_problems(cron: str, timezone: str) -> list[CalendarProblem]:
+    """What is wrong with a scheduled trigger's `cron` and `timezone` (paths below it)."""
+    problems = []
+    try:
+        parse_cron(cron)
+    except ValueError as err:
+        problems.append(CalendarProblem(("cron",), str(err)))
+    return problems + _zone_problems(("timezone",), timezone)
+
+
 def _zone_problems(path: tuple[str | int, ...], name: str) -> list[CalendarProblem]:
     try:
         _zone(name)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from activities.calendar import calendar_problems
+from activities.calendar import calendar_problems, cron_problems
 from activities.limits import (
     PIPELINE_DEPTH_LIMIT,
     PIPELINE_EXPANDED_LIMIT,
@@ -557,8 +557,12 @@ def _problem(file: str, root: Node, entry: _Located) -> PipelineProblem:
 
     if not entry.items and kind == "value_error":
         # Whole-pipeline checks: point at the list they are about.
-        for key in ("stages", "artifacts"):
-            if re.search(rf"\b{key[:-1]}", message):
+        for key, word in (
+            ("triggers", r"\btrigger\b"),
+            ("stages", r"\bstage"),
+            ("artifacts", r"\bartifact"),
+        ):
+            if re.search(word, message):
                 found = _child(root, key)
                 if found is not None and found[0] is not None:
                     path, line = key, _line(found[0])
@@ -623,6 +627,19 @@ def _calendar_problems(
     for index, stage in enumerate(pipeline.stages):
         for found in calendar_problems(stage.schedule, stage.freezes, now):
             items = ["stages", index, *found.path]
+            problems.append(
+                PipelineProblem(
+                    file=file,
+                    line=_key_line(root, items),
+                    path=_format_path(items),
+                    message=found.message,
+                )
+            )
+    for index, trigger in enumerate(pipeline.triggers):
+        if not isinstance(trigger, pipeline_models.ScheduleTrigger):
+            continue
+        for found in cron_problems(trigger.schedule.cron, trigger.schedule.timezone):
+            items = ["triggers", index, "schedule", *found.path]
             problems.append(
                 PipelineProblem(
                     file=file,

@@ -138,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release_diff.add_argument("before", metavar="PIPELINE/N")
     release_diff.add_argument("after", metavar="PIPELINE/M")
+    triggers = command("triggers", "a pipeline's triggers, their last and next runs")
+    triggers.add_argument("pipeline")
+    pausing = triggers.add_mutually_exclusive_group()
+    pausing.add_argument("--pause", metavar="TRIGGER", help="pause this trigger's Schedule")
+    pausing.add_argument("--resume", metavar="TRIGGER", help="resume it")
+    triggers.add_argument("--reason", default="", help="why (kept as the Schedule's note)")
+    trigger = command(
+        "trigger", "a release now of new artifact versions (what a CI's webhook call does)"
+    )
+    trigger.add_argument("pipeline")
+    trigger.add_argument(
+        "--artifact", action="append", default=[], metavar="ALIAS=VERSION", required=True
+    )
     where = command("where", "on which stages (and in which releases) a work item is")
     where.add_argument("item", help="a work item, as commits name it: ABC-12, #7")
     where.add_argument("--pipeline")
@@ -551,6 +564,8 @@ STORED_PIPELINE_COMMANDS = {"apply", "list", "show", "history", "diff"}
 USER_COMMANDS = {
     "release",
     "where",
+    "triggers",
+    "trigger",
     "deploy",
     "redeploy",
     "cancel",
@@ -616,6 +631,8 @@ USER_HANDLERS = {
     "release show": "read_commands:show",
     "release diff": "change_commands:diff",
     "where": "change_commands:where",
+    "triggers": "pipeline_commands:triggers",
+    "trigger": "pipeline_commands:trigger",
     "deploy": "commands:deploy",
     "redeploy": "commands:redeploy",
     "cancel": "commands:cancel",

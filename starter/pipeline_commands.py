@@ -126,3 +126,58 @@ def _path(pipeline: str, *rest: str) -> str:
 
 def _when(text: Any) -> str:
     return render.when(datetime.fromisoformat(text))
+
+
+def triggers(api: Api, args: argparse.Namespace) -> int:
+    """A pipeline's triggers, their last and next runs; --pause / --resume one."""
+    if args.pause or args.resume:
+        action, name = ("pause", args.pause) if args.pause else ("resume", args.resume)
+        found = api.post(
+            f"{_path(args.pipeline, 'triggers', quote(name, safe=''))}/{action}",
+            {"reason": args.reason},
+        )
+    else:
+        found = api.get(_path(args.pipeline, "triggers"))
+    if args.json:
+        print(json.dumps(found))
+        return Exit.OK
+    if not found:
+        print(f"{args.pipeline} has no triggers")
+        return Exit.OK
+    table = Table(show_edge=False, header_style="bold", title_justify="left")
+    table.title = f"{args.pipeline}: triggers"
+    for column in ("trigger", "watches", "state", "last run (UTC)", "next run (UTC)", "runs"):
+        table.add_column(column)
+    for trigger in found:
+        state = "missing (apply again)" if trigger["missing"] else "active"
+        if trigger["paused"]:
+            state = "paused" + (f" ({trigger['note']})" if trigger["note"] else "")
+        table.add_row(
+            trigger["name"],
+            trigger["watches"],
+            state,
+            _when(trigger["last_run"]) if trigger["last_run"] else "-",
+            _when(trigger["next_run"]) if trigger["next_run"] and not trigger["paused"] else "-",
+            str(trigger["runs"]),
+        )
+    render.console().print(table)
+    return Exit.OK
+
+
+def trigger(api: Api, args: argparse.Namespace) -> int:
+    """A release now of the latest revision with these artifact versions, as the
+    pipeline's trigger on them (what the webhook does)."""
+    from starter.commands import parse_pairs
+
+    versions = parse_pairs(args.artifact, "--artifact")
+    if not versions:
+        raise ValueError("--artifact ALIAS=VERSION: name at least one new version")
+    outcome = api.post(_path(args.pipeline, "triggers", "artifact"), {"artifacts": versions})
+    if args.json:
+        print(json.dumps(outcome))
+        return Exit.OK
+    for created in outcome["created"]:
+        print(f"created {args.pipeline} {created['name']} ({args.pipeline}/{created['number']})")
+    for reason in outcome["skipped"]:
+        print(f"no release: {reason}")
+    return Exit.OK

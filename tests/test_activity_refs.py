@@ -17,6 +17,7 @@ from activities.notify import Notifier, SmtpSettings
 from activities.record import default_database_url, open_database
 from activities.record.recorder import Recorder
 from activities.record.retention import Retention
+from activities.triggers import Triggers
 from activities.workflow_checks import Lookout
 from worker.agent import pool_activities, step_activities
 from worker.control import control_activities
@@ -52,6 +53,7 @@ def served_names(tmp_path: Path) -> dict[str, set[str]]:
                 Recorder(url),
                 Retention(database, None),
                 Lookout(cast(Client, None)),  # its activity is not run here
+                Triggers(cast(Client, None), database, tmp_path, "stageflow"),
             )
         ),
         "pool": names(pool_activities(agent)),

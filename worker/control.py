@@ -17,6 +17,7 @@ from activities.notify import Notifier
 from activities.record import open_database
 from activities.record.recorder import Recorder
 from activities.record.retention import Retention
+from activities.triggers import Triggers
 from activities.workflow_checks import Lookout
 from worker.backfill import backfill
 from worker.retention_schedule import ensure_retention_schedule
@@ -27,10 +28,11 @@ from workflows.pipeline_workflow import PipelineWorkflow
 from workflows.release_workflow import ReleaseWorkflow
 from workflows.retention_workflow import RetentionWorkflow
 from workflows.stage_workflow import StageWorkflow
+from workflows.trigger_workflow import TriggerWorkflow
 
 log = logging.getLogger(__name__)
 
-WORKFLOWS = [PipelineWorkflow, ReleaseWorkflow, StageWorkflow, RetentionWorkflow]
+WORKFLOWS = [PipelineWorkflow, ReleaseWorkflow, StageWorkflow, RetentionWorkflow, TriggerWorkflow]
 
 # Pure libraries the workflows use, loaded once instead of per workflow run.
 SANDBOX = SandboxedWorkflowRunner(
@@ -62,6 +64,7 @@ def control_worker(
             recorder or Recorder(settings.record_url, client),
             retention or Retention(open_database(settings.record_url), settings.log_dir),
             Lookout(client),
+            Triggers(client, open_database(settings.record_url), settings.data_dir, task_queue),
         ),
         workflow_runner=SANDBOX,
         max_concurrent_workflow_tasks=100,
@@ -109,10 +112,15 @@ async def _backfill(client: Client, recorder: Recorder, task_queue: str) -> None
 
 
 def control_activities(
-    notifier: Notifier, recorder: Recorder, retention: Retention, lookout: Lookout
+    notifier: Notifier,
+    recorder: Recorder,
+    retention: Retention,
+    lookout: Lookout,
+    triggers: Triggers,
 ) -> list[Callable[..., Any]]:
     """What the control worker serves beside the workflows: plan a start, mail, HTTP
-    checks, the record's writes and its retention, which slot holders have ended."""
+    checks, the record's writes and its retention, which slot holders have ended, a
+    trigger's firing."""
     return [
         plan_start,
         notifier.send_notification,
@@ -120,4 +128,5 @@ def control_activities(
         recorder.record,
         retention.apply_retention,
         lookout.ended_workflows,
+        triggers.fire_trigger,
     ]

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         StartPlanRequest,
     )
     from workflows.record_api import RecordWrite, RetentionRequest, RetentionResult
+    from workflows.triggering import FireRequest, TriggerOutcome
 
 I = TypeVar("I")  # noqa: E741 - the input type
 R = TypeVar("R")
@@ -274,6 +275,16 @@ ENDED_WORKFLOWS = ActivityRef(
     retry=FEW_RETRIES,
 )
 
+# A trigger's firing: look at what it watches, pin, and ask the PipelineWorkflow to
+# release what is new (idempotent: what the trigger saw and the release keys say).
+FIRE_TRIGGER = ActivityRef(
+    "fire_trigger",
+    FireRequest,
+    TriggerOutcome,
+    start_to_close=timedelta(minutes=10),
+    retry=FEW_RETRIES,
+)
+
 ALL: list[ActivityRef] = [  # type: ignore[type-arg]
     LEASE_AGENT,
     RENEW_LEASE,
@@ -288,6 +299,7 @@ ALL: list[ActivityRef] = [  # type: ignore[type-arg]
     RECORD,
     APPLY_RETENTION,
     ENDED_WORKFLOWS,
+    FIRE_TRIGGER,
 ]
 
 

@@ -19,7 +19,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -789,6 +791,78 @@ class Stage(Model):
         return self.trigger.replace("_", " ")
 
 
+# --- triggers -------------------------------------------------------------------------
+
+# A poll more often than this would be a busy loop on the drop folder or the remote.
+MIN_POLL = timedelta(seconds=1)
+
+
+class Branches(Model):
+    """Which branches of a git artifact a trigger watches: globs, `*` crossing `/`."""
+
+    include: list[str] = Field([], description="branches to watch; empty: every branch")
+    exclude: list[str] = Field([], description="branches never watched, even if included")
+
+
+class ArtifactTrigger(Model):
+    """Continuous deployment: a new version of `artifact` makes a release."""
+
+    artifact: Name
+    name: Name | None = Field(None, description="default: artifact-<alias>")
+    branches: Branches | None = Field(None, description="git artifacts: the branches watched")
+    poll: Duration = Field(timedelta(minutes=1), description="how often to look")
+
+    @field_validator("poll")
+    @classmethod
+    def _not_too_often(cls, value: timedelta) -> timedelta:
+        if value < MIN_POLL:
+            raise ValueError(f"poll every {value.total_seconds():g}s: at least every 1s")
+        return value
+
+
+class CronSchedule(Model):
+    """When a scheduled trigger fires: 5 cron fields in a time zone."""
+
+    cron: str = Field(description="5 fields: minute hour day-of-month month day-of-week")
+    timezone: str = "UTC"
+    only_if_changed: bool = Field(
+        False, description="make a release only when an artifact or the pipeline changed"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r}: a cron expression has 5 fields (m h dom mon dow)")
+        return value
+
+
+class ScheduleTrigger(Model):
+    """A release at scheduled times (with the artifacts' default versions)."""
+
+    schedule: CronSchedule
+    name: Name | None = Field(None, description="default: schedule-<n>, n counting from 1")
+
+
+def _trigger_kind(value: Any) -> str | None:
+    """`schedule:` makes a scheduled trigger, anything else an artifact one. The tags are
+    not keys of either, so an error's path is the document's (`triggers[0].poll`)."""
+    if isinstance(value, dict):
+        return "on-schedule" if "schedule" in value else "on-artifact"
+    return "on-schedule" if isinstance(value, ScheduleTrigger) else "on-artifact"
+
+
+ReleaseTrigger = Annotated[
+    Annotated[ArtifactTrigger, Tag("on-artifact")] | Annotated[ScheduleTrigger, Tag("on-schedule")],
+    Discriminator(_trigger_kind),
+]
+
+
 # The patterns a pipeline gets when it names none: `#123` (GitHub, GitLab; also in
 # "Fixes #12") and `ABC-123` (Jira, YouTrack).
 DEFAULT_WORK_ITEM_PATTERNS = [r"(?<![\w&/])#\d+\b", r"\b[A-Z][A-Z0-9]+-\d+\b"]
@@ -833,6 +907,9 @@ class Pipeline(Model):
     users: dict[str, UserInfo] = Field({}, description="people's email addresses")
     artifacts: list[Artifact] = []
     stages: list[Stage] = Field(min_length=1)
+    triggers: list[ReleaseTrigger] = Field(
+        [], description="what makes releases on its own: new artifact versions, schedules"
+    )
     work_items: WorkItems = Field(
         default_factory=WorkItems,
         description="how commit messages name work items (default: #123 and ABC-123)",
@@ -881,6 +958,42 @@ class Pipeline(Model):
             raise ValueError(f"{unknown[0]!r} is not a pipeline variable")
         return list(dict.fromkeys(value))
 
+    def _check_triggers(self) -> None:
+        """Each trigger watches a known artifact (branches: a git one) and has a name."""
+        kinds = {artifact.alias: artifact.type for artifact in self.artifacts}
+        schedules = 0
+        for trigger in self.triggers:
+            if isinstance(trigger, ScheduleTrigger):
+                schedules += 1
+                trigger.name = trigger.name or f"schedule-{schedules}"
+                continue
+            if trigger.artifact not in kinds:
+                raise ValueError(
+                    f"trigger on unknown artifact {trigger.artifact!r}"
+                    f" (artifacts: {_some(list(kinds)) or 'none'})"
+                )
+            if kinds[trigger.artifact] == "http":
+                raise ValueError(
+                    f"trigger on {trigger.artifact!r}: an http artifact cannot be polled (its"
+                    " versions are not listed): let its build call the artifact webhook"
+                )
+            if trigger.branches is not None and kinds[trigger.artifact] != "git":
+                raise ValueError(
+                    f"trigger on {trigger.artifact!r}: branches are for git artifacts, and"
+                    f" it is a {kinds[trigger.artifact]} one"
+                )
+            trigger.name = trigger.name or f"artifact-{trigger.artifact}"
+        repeated = _first_repeat(str(trigger.name) for trigger in self.triggers)
+        if repeated is not None:
+            raise ValueError(f"trigger name {repeated!r} is used twice")
+
+    def trigger(self, name: str) -> ArtifactTrigger | ScheduleTrigger:
+        for trigger in self.triggers:
+            if trigger.name == name:
+                return trigger
+        known = ", ".join(str(t.name) for t in self.triggers) or "none"
+        raise KeyError(f"pipeline {self.name} has no trigger {name!r} (triggers: {known})")
+
     def release_time_problem(self, name: str) -> str | None:
         """Why a release may not set variable `name` (`--var NAME=...`), or None if it may."""
         reason = reserved_variable(name)
@@ -901,6 +1014,7 @@ class Pipeline(Model):
         repeated = _first_repeat(artifact.alias for artifact in self.artifacts)
         if repeated is not None:
             raise ValueError(f"artifact alias {repeated!r} is used twice")
+        self._check_triggers()
         names = [stage.name for stage in self.stages]
         repeated = _first_repeat(names)
         if repeated is not None:

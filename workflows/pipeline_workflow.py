@@ -20,7 +20,6 @@ with workflow.unsafe.imports_passed_through():
     from jinja2.sandbox import SandboxedEnvironment
 
     from workflows.activity_refs import ENDED_WORKFLOWS
-    from workflows.changes import ReleaseChanges
     from workflows.control_api import EndedRequest
     from workflows.names import release_workflow_id
     from workflows.pipeline import Model, Pipeline
@@ -35,11 +34,18 @@ with workflow.unsafe.imports_passed_through():
         leave,
         record_deployment,
     )
-    from workflows.release import ReleaseSpec, ResolvedArtifact
+    from workflows.release import ReleaseSpec
+    from workflows.release_requests import CreatedRelease, NewRelease
     from workflows.release_workflow import (
         ReleaseInput,
         ReleaseWorkflow,
         release_search_attributes,
+    )
+    from workflows.triggering import (
+        TriggerFiring,
+        TriggerOutcome,
+        decide,
+        remember_key,
     )
 
 # Remember this many recent request ids, so a retried create is not a second release.
@@ -59,26 +65,6 @@ class Revision(Model):
     first_release: int
 
 
-class NewRelease(Model):
-    """`create_release` update: everything but the number and name."""
-
-    pipeline: Pipeline
-    revision: str
-    artifacts: list[ResolvedArtifact] = []
-    variables: dict[str, str] = {}
-    until: str | None = None
-    description: str = ""
-    created_by: str
-    request_id: str
-    changes: ReleaseChanges | None = None
-
-
-class CreatedRelease(Model):
-    number: int
-    name: str
-    workflow_id: str
-
-
 class PipelineState(Model):
     """Input of a PipelineWorkflow; carried across continue-as-new."""
 
@@ -88,6 +74,10 @@ class PipelineState(Model):
     recent_requests: dict[str, CreatedRelease] = {}
     queues: dict[str, StageQueue] = {}
     deployed: dict[str, list[StageDeployment]] = {}
+    # Per trigger, what it saw (label → version, commit or key: workflows/triggering.py),
+    # and the releases triggers made, by key.
+    triggers: dict[str, dict[str, str]] = {}
+    trigger_keys: dict[str, int] = {}
 
 
 def render_release_name(pipeline: Pipeline, number: int, now: datetime) -> str:
@@ -191,6 +181,37 @@ class PipelineWorkflow:
     @workflow.update
     async def create_release(self, request: NewRelease) -> CreatedRelease:
         """Take the next number, record the revision, start the ReleaseWorkflow."""
+        return await self._start_release(request)
+
+    @workflow.update
+    async def fire_trigger(self, firing: TriggerFiring) -> TriggerOutcome:
+        """A trigger's firing: release what is new to it and to every trigger (one release
+        per version, whichever trigger saw it first), and note what it saw."""
+        chosen, skipped, seen = decide(
+            self._state.triggers.get(firing.trigger), self._state.trigger_keys, firing
+        )
+        if firing.observed or firing.trigger in self._state.triggers:
+            self._state.triggers[firing.trigger] = seen  # a release asked for sees nothing
+        for candidate in chosen:
+            remember_key(self._state.trigger_keys, candidate.key, 0)  # taken before any await
+        outcome = TriggerOutcome(
+            pipeline=self._state.name,
+            trigger=firing.trigger,
+            skipped=skipped,
+            baseline=firing.baseline and not chosen and not skipped,
+        )
+        for candidate in chosen:
+            created = await self._start_release(candidate.release)
+            remember_key(self._state.trigger_keys, candidate.key, created.number)
+            outcome.created.append(created)
+        return outcome
+
+    @workflow.query
+    def trigger_seen(self, trigger: str) -> dict[str, str] | None:
+        """What a trigger saw when it last fired (None: it never has)."""
+        return self._state.triggers.get(trigger)
+
+    async def _start_release(self, request: NewRelease) -> CreatedRelease:
         known = self._state.recent_requests.get(request.request_id)
         if known is not None:
             return known

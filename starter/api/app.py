@@ -156,6 +156,7 @@ def create_app(
     routes_identity.add_identity_routes(api)
     routes_logs.add_log_routes(api)
     routes_pipelines.add_pipeline_routes(api)
+    routes_pipelines.add_trigger_routes(api)
     routes_changes.add_change_routes(api)
     app.include_router(api)
     pages.add_pages(app, web_ui=settings.temporal_ui_url)

@@ -22,8 +22,9 @@ from temporalio.client import Client
 
 from activities import record
 from activities.pipeline_loader import InvalidPipeline, load_pipeline
+from activities.pipelines import NoStoredPipeline, stored_file, stored_pipeline
 from activities.record import Waiting, record_request, request_answered, sender_of
-from activities.record.stored_pipelines import stored_definition
+from activities.record.stored_pipelines import AppliedRevision, stored_definition
 from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
 from activities.release_changes import git_mirrors, release_changes
 from starter import deployment_control as control
@@ -41,9 +42,9 @@ from starter.api.params import (
     WordQuery,
 )
 from starter.api.problems import ACTION_RESPONSES, Problem, forbidden, not_found
-from starter.pipelines import NoStoredPipeline, apply_file, stored_file, stored_pipeline
 from starter.reading import termination, with_live_view
 from starter.releases import ReleaseClosed, ReleaseNotFound, ReleaseRef, StageNotFound
+from starter.triggers import TriggersNotSet, store_and_set
 from workflows.audit import AuditEvent
 from workflows.pipeline import Pipeline, Stage
 from workflows.release import ReleaseSpec, ReleaseStatus
@@ -691,13 +692,22 @@ async def _release_source(
                 f" (`stageflow release create {pipeline.name}`) or ask an admin to"
                 " `stageflow pipeline apply` the file"
             )
-        try:
-            await apply_file(svc.db, path, can.principal.user)
-        except InvalidPipeline as err:
-            raise Problem(
-                422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)
-            ) from None
+        await store(svc, path, can.principal.user)
     return pipeline, revision, path
+
+
+async def store(svc: Service, path: Path, author: str) -> AppliedRevision:
+    """Store the file as a revision and set its triggers (a 503 when Temporal did not
+    take them: the revision is stored, applying again sets them)."""
+    try:
+        _, applied = await store_and_set(
+            svc.db, await svc.client(), path, author, svc.settings.task_queue
+        )
+    except InvalidPipeline as err:
+        raise Problem(422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)) from None
+    except TriggersNotSet as err:
+        raise Problem(503, "Triggers not set", str(err)) from None
+    return applied
 
 
 def server_file(text: str) -> Path:

@@ -1,5 +1,6 @@
 """The stored pipelines' routes of /api/v1: apply a file as a new revision, list the
-pipelines, show one revision, its history and the diff between two revisions.
+pipelines, show one revision, its history and the diff between two revisions; a
+pipeline's triggers (their Schedules), pause and resume, and the artifact webhook.
 
 Who may apply: an admin of the pipeline (Access.administer); who may read: a viewer.
 The API reads the file, as `release create FILE` does: the path is one on the server.
@@ -7,12 +8,14 @@ The API reads the file, as `release create FILE` does: the path is one on the se
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from activities.pipeline_loader import InvalidPipeline, load_pipeline
+from activities.pipelines import NoStoredPipeline, stored_pipeline
 from activities.record.stored_pipelines import (
     AppliedRevision,
     StoredDefinition,
@@ -23,11 +26,15 @@ from activities.record.stored_pipelines import (
     stored_revisions,
     unified_diff,
 )
-from starter.api.app import AccessDep, ServiceDep
-from starter.api.params import MAX_NUMBER, PipelineName
+from activities.triggers import TriggerProblem, Triggers
+from starter.api.access import Access
+from starter.api.app import AccessDep, Service, ServiceDep
+from starter.api.params import MAX_NUMBER, Name, PipelineName, StageName, Text
 from starter.api.problems import Problem, not_found
-from starter.api.routes import ValidateBody, server_file
-from starter.pipelines import apply_file
+from starter.api.routes import Action, ValidateBody, server_file, store
+from starter.triggers import TriggerView, list_triggers, pause_trigger
+from workflows.pipeline import Pipeline
+from workflows.triggering import TriggerOutcome
 
 RevisionQuery = Annotated[
     int | None, Query(ge=1, le=MAX_NUMBER, description="a revision number; default: the latest")
@@ -58,13 +65,7 @@ def add_pipeline_routes(api: APIRouter) -> None:
                 422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)
             ) from None
         await can.administer(pipeline.name)
-        try:
-            _, applied = await apply_file(svc.db, path, can.principal.user)
-        except InvalidPipeline as err:
-            raise Problem(
-                422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)
-            ) from None
-        return applied
+        return await store(svc, path, can.principal.user)
 
     @api.get("/pipelines", tags=["pipelines"], summary="every pipeline, its latest revision")
     async def list_pipelines(svc: ServiceDep, can: AccessDep) -> list[StoredPipeline]:
@@ -114,6 +115,102 @@ def add_pipeline_routes(api: APIRouter) -> None:
             to_revision=after.revision,
             diff=unified_diff(before, after),
         )
+
+
+class PauseBody(BaseModel):
+    reason: Text = ""
+
+
+class FireBody(Action):
+    artifacts: dict[Name, Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f]*$")]] = (
+        Field(description="alias → version; the others at their default")
+    )
+
+
+def add_trigger_routes(api: APIRouter) -> None:
+    """A stored pipeline's triggers: their Schedules, pause and resume, and the webhook
+    that makes a release at once."""
+
+    @api.get(
+        "/pipelines/{pipeline}/triggers",
+        tags=["pipelines"],
+        summary="the latest revision's triggers, with their last and next runs",
+    )
+    async def triggers(
+        pipeline: PipelineName, svc: ServiceDep, can: AccessDep
+    ) -> list[TriggerView]:
+        await can.view(pipeline)
+        stored = await _latest_pipeline(svc, pipeline)
+        return await list_triggers(await svc.client(), stored)
+
+    @api.post(
+        "/pipelines/{pipeline}/triggers/{trigger}/pause",
+        tags=["pipelines"],
+        summary="pause a trigger's Schedule (an admin's)",
+    )
+    async def pause(
+        pipeline: PipelineName, trigger: StageName, body: PauseBody, svc: ServiceDep, can: AccessDep
+    ) -> list[TriggerView]:
+        return await _pause(svc, can, pipeline, trigger, body, pause=True)
+
+    @api.post(
+        "/pipelines/{pipeline}/triggers/{trigger}/resume",
+        tags=["pipelines"],
+        summary="resume a paused trigger's Schedule (an admin's)",
+    )
+    async def resume(
+        pipeline: PipelineName, trigger: StageName, body: PauseBody, svc: ServiceDep, can: AccessDep
+    ) -> list[TriggerView]:
+        return await _pause(svc, can, pipeline, trigger, body, pause=False)
+
+    @api.post(
+        "/pipelines/{pipeline}/triggers/artifact",
+        tags=["pipelines"],
+        summary="a new artifact version: a release of it now (the webhook a CI calls)",
+    )
+    async def fire(
+        pipeline: PipelineName, body: FireBody, svc: ServiceDep, can: AccessDep
+    ) -> TriggerOutcome:
+        await can.release(pipeline)
+        triggers = Triggers(
+            await svc.client(), svc.db, svc.settings.data_dir, svc.settings.task_queue
+        )
+        try:
+            return await triggers.fire_now(
+                pipeline,
+                body.artifacts,
+                can.principal.user,
+                body.request_id or uuid.uuid4().hex,
+            )
+        except TriggerProblem as err:
+            raise not_found(str(err)) from None
+        except ValueError as err:  # an unknown alias or version
+            raise Problem(422, "Invalid release", str(err)) from None
+
+
+async def _pause(
+    svc: Service, can: Access, pipeline: str, trigger: str, body: PauseBody, pause: bool
+) -> list[TriggerView]:
+    await can.administer(pipeline)
+    stored = await _latest_pipeline(svc, pipeline)
+    note = f"{'paused' if pause else 'resumed'} by {can.principal.user}" + (
+        f": {body.reason}" if body.reason else ""
+    )
+    try:
+        await pause_trigger(await svc.client(), stored, trigger, pause, note)
+    except KeyError as err:
+        raise not_found(str(err.args[0])) from None
+    return await list_triggers(await svc.client(), stored)
+
+
+async def _latest_pipeline(svc: Service, pipeline: str) -> Pipeline:
+    try:
+        found, _ = await stored_pipeline(svc.db, pipeline)
+    except NoStoredPipeline as err:
+        raise not_found(str(err)) from None
+    except InvalidPipeline as err:
+        raise Problem(422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)) from None
+    return found
 
 
 async def _stored(svc: ServiceDep, pipeline: str, revision: int | None) -> StoredDefinition:
