@@ -46,11 +46,20 @@ def read_definition(path: Path) -> tuple[Pipeline, str, str]:
 
 async def apply_file(db: Database, path: Path, author: str) -> tuple[Pipeline, AppliedRevision]:
     """Store the file as the pipeline's next revision, unless the latest is the same."""
-    pipeline, sha256, text = read_definition(path)
-    applied = await apply_definition(
-        db, pipeline.name, sha256, text, author, datetime.now(UTC), str(path.resolve())
+    definition = read_definition(path)
+    return definition[0], await store_definition(db, definition, path, author)
+
+
+async def store_definition(
+    db: Database, definition: tuple[Pipeline, str, str], source: Path, author: str
+) -> AppliedRevision:
+    """Store what `read_definition` read (the pipeline, its sha256, its text) as the
+    pipeline's next revision, unless the latest is the same: what was checked is what
+    is stored."""
+    pipeline, sha256, text = definition
+    return await apply_definition(
+        db, pipeline.name, sha256, text, author, datetime.now(UTC), str(source.resolve())
     )
-    return pipeline, applied
 
 
 async def stored_pipeline(

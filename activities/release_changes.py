@@ -46,11 +46,12 @@ async def release_changes(
         for changes in found
         for commit in reversed(changes.commits)
     ]
-    return ReleaseChanges(
-        since_release=number or None,
-        artifacts=found,
-        work_items=work_items_in(messages, pipeline.work_items.patterns),
-    )
+    items = work_items_in(messages, pipeline.work_items.patterns)
+    # The snapshot travels in every stage's and mail's input: subjects, not whole messages.
+    for changes in found:
+        for commit in changes.commits:
+            commit.message = ""
+    return ReleaseChanges(since_release=number or None, artifacts=found, work_items=items)
 
 
 def _read_commits(

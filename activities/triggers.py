@@ -85,7 +85,7 @@ class Triggers:
             return TriggerOutcome(
                 pipeline=pipeline.name, trigger=request.trigger, skipped=["nothing new"]
             )
-        return await self._send(pipeline.name, firing)
+        return await self._send(pipeline.name, firing, f"fire/{request.firing_id}")
 
     async def fire_now(
         self, pipeline_name: str, versions: dict[str, str], person: str, request_id: str
@@ -101,11 +101,16 @@ class Triggers:
         name = str(watching[0].name) if watching else WEBHOOK
         asked = ", ".join(f"{alias}={version}" for alias, version in versions.items())
         candidate = await self._candidate(
-            pipeline, stored, name, "", versions, f"{person}: stageflow trigger {asked}", request_id
+            pipeline,
+            stored,
+            person,  # a person asked: they are its creator (creator_can_approve holds)
+            "",
+            versions,
+            f"asked for with trigger {name}: {asked or 'the default versions'}",
+            request_id,
         )
-        return await self._send(
-            pipeline.name, TriggerFiring(trigger=name, observed={}, candidates=[candidate])
-        )
+        firing = TriggerFiring(trigger=name, observed={}, candidates=[candidate])
+        return await self._send(pipeline.name, firing, f"fire/{request_id}")
 
     # --- looking ---------------------------------------------------------------------
 
@@ -121,7 +126,7 @@ class Triggers:
         the definition differs from what the trigger saw last."""
         name, cron = str(trigger.name), trigger.schedule.cron
         candidate = await self._candidate(
-            pipeline, stored, name, "", {}, f"scheduled ({cron})", f"{firing_id}/"
+            pipeline, stored, f"trigger:{name}", "", {}, f"scheduled ({cron})", f"{firing_id}/"
         )
         if not trigger.schedule.only_if_changed:
             candidate.key = firing_id
@@ -157,7 +162,7 @@ class Triggers:
                 await self._candidate(
                     pipeline,
                     stored,
-                    name,
+                    f"trigger:{name}",
                     label,
                     {artifact.alias: version},
                     what,
@@ -170,7 +175,7 @@ class Triggers:
         self,
         pipeline: Pipeline,
         stored: StoredDefinition,
-        trigger: str,
+        created_by: str,
         label: str,
         versions: dict[str, str],
         description: str,
@@ -183,7 +188,7 @@ class Triggers:
             revision=stored.sha256,
             artifacts=pinned,
             description=description,
-            created_by=f"trigger:{trigger}",
+            created_by=created_by,
             request_id=request_id,
             changes=await release_changes(self.db, pipeline, pinned, git_mirrors(self.data_dir)),
         )
@@ -214,10 +219,13 @@ class Triggers:
                 return None
             raise
 
-    async def _send(self, pipeline: str, firing: TriggerFiring) -> TriggerOutcome:
+    async def _send(self, pipeline: str, firing: TriggerFiring, update_id: str) -> TriggerOutcome:
+        """The firing to the PipelineWorkflow; sent again (a retried activity), the same
+        update id gets the first answer."""
         return await self.client.execute_update_with_start_workflow(
             PipelineWorkflow.fire_trigger,
             firing,
+            id=update_id,
             start_workflow_operation=WithStartWorkflowOperation(
                 PipelineWorkflow.run,
                 PipelineState(name=pipeline),

@@ -32,7 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.calendar import CronExpression, parse_cron
 from activities.pipeline_loader import InvalidPipeline
-from activities.pipelines import NoStoredPipeline, apply_file, read_definition, stored_pipeline
+from activities.pipelines import NoStoredPipeline, store_definition, stored_pipeline
 from activities.record import Database
 from activities.record.stored_pipelines import AppliedRevision
 from workflows.pipeline import ArtifactTrigger, Pipeline, ReleaseTrigger, ScheduleTrigger
@@ -136,14 +136,18 @@ async def set_triggers(
                 return ScheduleUpdate(schedule=wanted)
 
             await client.get_schedule_handle(ident).update(keep_state)
-    kept = {str(t.name) for t in pipeline.triggers}
-    for old in before.triggers if before else []:
-        if str(old.name) not in kept:
-            try:
-                await client.get_schedule_handle(schedule_id(pipeline.name, str(old.name))).delete()
-            except RPCError as err:
-                if err.status != RPCStatusCode.NOT_FOUND:
-                    raise
+    kept = {schedule_id(pipeline.name, str(t.name)) for t in pipeline.triggers}
+    gone = {schedule_id(pipeline.name, str(t.name)) for t in (before.triggers if before else [])}
+    # Also those an earlier apply left (its Schedules were not all set): the listing is
+    # eventually consistent, the previous revision is not.
+    prefix = schedule_id(pipeline.name, "")
+    gone |= {s.id async for s in await client.list_schedules() if s.id.startswith(prefix)}
+    for ident in sorted(gone - kept):
+        try:
+            await client.get_schedule_handle(ident).delete()
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
 
 
 async def list_triggers(client: Client, pipeline: Pipeline) -> list[TriggerView]:
@@ -195,12 +199,19 @@ def _duration(value: object) -> str:
 
 
 async def store_and_set(
-    db: Database, client: Client, path: Path, author: str, task_queue: str
-) -> tuple[Pipeline, AppliedRevision]:
-    """Store a pipeline file (when it changed) and set its triggers' Schedules. A
-    Temporal that does not answer leaves the revision stored: applying again sets them."""
-    before = await _latest(db, path)
-    pipeline, applied = await apply_file(db, path, author)
+    db: Database,
+    client: Client,
+    definition: tuple[Pipeline, str, str],
+    source: Path,
+    author: str,
+    task_queue: str,
+) -> AppliedRevision:
+    """Store a definition read from `source` (when it changed) and set its triggers'
+    Schedules. A Temporal that does not answer leaves the revision stored: applying
+    again sets them."""
+    pipeline = definition[0]
+    before = await _latest(db, pipeline.name)
+    applied = await store_definition(db, definition, source, author)
     try:
         await set_triggers(client, pipeline, task_queue, before)
     except RPCError as err:
@@ -208,18 +219,17 @@ async def store_and_set(
             f"stored {pipeline.name} revision {applied.revision}, but its triggers were not"
             f" set ({err}): apply it again"
         ) from err
-    return pipeline, applied
+    return applied
 
 
 class TriggersNotSet(RuntimeError):
     """The revision is stored; Temporal did not take its Schedules."""
 
 
-async def _latest(db: Database, path: Path) -> Pipeline | None:
-    """The stored pipeline a file is a new revision of, to know which triggers went."""
-    given, _, _ = read_definition(path)
+async def _latest(db: Database, name: str) -> Pipeline | None:
+    """The stored pipeline a new revision follows, to know which triggers went."""
     try:
-        pipeline, _ = await stored_pipeline(db, given.name)
+        pipeline, _ = await stored_pipeline(db, name)
     except (NoStoredPipeline, InvalidPipeline):
         return None
     return pipeline

@@ -147,6 +147,8 @@ class World:
             stage=stage,
             token_id=self.tokens["alice"].split("_")[1],
             key=f"{self.ref.pipeline}/{self.ref.number}/dev/1/job/01-build.log",
+            trigger="nightly",
+            other=self.ref.number,
         )
 
     def body_for(self, schema: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any] | None:
@@ -158,6 +160,8 @@ class World:
         name = content["schema"]["$ref"].rsplit("/", 1)[1]
         values = {**VALUES, "file": str(self.path), "pipeline": self.ref.pipeline}
         fields = schema["components"]["schemas"][name].get("properties", {})
+        if "file" in fields:  # a release of a file, or of a stored pipeline: one of them
+            values.pop("pipeline")
         return {key: values[key] for key in fields if key in values}
 
     def oidc_token(self, key: RSAKey | None = None, **claims: Any) -> str:

@@ -113,8 +113,9 @@ async def fully_recorded(stack: Stack, ref: ReleaseRef) -> bool:
 
 def without_render_extras(shown: dict[str, Any]) -> dict[str, Any]:
     """`release show --json` as the ReleaseStatus it renders (without the reference,
-    the live flags and each stage's latest-attempt summary)."""
-    core = {k: v for k, v in shown.items() if k not in ("reference", "live", "live_unavailable")}
+    the live flags, what the release brings and each stage's latest-attempt summary)."""
+    shown_only = ("reference", "live", "live_unavailable", "changes")
+    core = {k: v for k, v in shown.items() if k not in shown_only}
     extras = ("attempt", "started_at", "ended_at", "triggered_by")
     core["stages"] = [{k: v for k, v in s.items() if k not in extras} for s in shown["stages"]]
     return core

@@ -281,7 +281,9 @@ FIRE_TRIGGER = ActivityRef(
     "fire_trigger",
     FireRequest,
     TriggerOutcome,
-    start_to_close=timedelta(minutes=10),
+    # Longer than a first mirror clone (10 min) and the logs after it: a retry must not
+    # run beside a first try still reading git.
+    start_to_close=timedelta(minutes=20),
     retry=FEW_RETRIES,
 )
 

@@ -187,11 +187,11 @@ class PipelineWorkflow:
     async def fire_trigger(self, firing: TriggerFiring) -> TriggerOutcome:
         """A trigger's firing: release what is new to it and to every trigger (one release
         per version, whichever trigger saw it first), and note what it saw."""
-        chosen, skipped, seen = decide(
-            self._state.triggers.get(firing.trigger), self._state.trigger_keys, firing
-        )
-        if firing.observed or firing.trigger in self._state.triggers:
-            self._state.triggers[firing.trigger] = seen  # a release asked for sees nothing
+        before = self._state.triggers.get(firing.trigger)
+        chosen, skipped, seen = decide(before, self._state.trigger_keys, firing)
+        # A release asked for (the webhook) observes nothing: what the trigger saw stays.
+        if firing.observed or firing.baseline or before is not None:
+            self._state.triggers[firing.trigger] = seen
         for candidate in chosen:
             remember_key(self._state.trigger_keys, candidate.key, 0)  # taken before any await
         outcome = TriggerOutcome(
@@ -200,8 +200,18 @@ class PipelineWorkflow:
             skipped=skipped,
             baseline=firing.baseline and not chosen and not skipped,
         )
-        for candidate in chosen:
-            created = await self._start_release(candidate.release)
+        for position, candidate in enumerate(chosen):
+            try:
+                created = await self._start_release(candidate.release)
+            except BaseException:
+                # Not made: the next firing must see these versions as new again.
+                for unmade in chosen[position:]:
+                    self._state.trigger_keys.pop(unmade.key, None)
+                if before is None:
+                    self._state.triggers.pop(firing.trigger, None)
+                else:
+                    self._state.triggers[firing.trigger] = before
+                raise
             remember_key(self._state.trigger_keys, candidate.key, created.number)
             outcome.created.append(created)
         return outcome

@@ -72,6 +72,23 @@ class ReleaseInput(Model):
     state: ReleaseState | None = None
 
 
+# Temporal refuses a search attribute value over 2 KB (by default): the start of the
+# release would fail again and again. The record keeps every work item.
+SEARCHABLE_BYTES = 1500
+SEARCHABLE_ITEM = 100
+
+
+def searchable(items: list[str]) -> list[str]:
+    """The work items StageflowWorkItems holds: the first ones that fit its size."""
+    kept, size = [], 0
+    for item in items:
+        if len(item) > SEARCHABLE_ITEM or size + len(item.encode()) + 4 > SEARCHABLE_BYTES:
+            continue
+        kept.append(item)
+        size += len(item.encode()) + 4
+    return kept
+
+
 def release_search_attributes(spec: ReleaseSpec, status: str) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [
@@ -81,7 +98,11 @@ def release_search_attributes(spec: ReleaseSpec, status: str) -> TypedSearchAttr
             SearchAttributePair(SA_CREATED_BY, spec.created_by),
             SearchAttributePair(SA_ARTIFACTS, [f"{a.alias}@{a.version}" for a in spec.artifacts]),
             # Only releases that bring work items carry the attribute (older ones never did).
-            *([SearchAttributePair(SA_WORK_ITEMS, spec.work_items)] if spec.work_items else []),
+            *(
+                [SearchAttributePair(SA_WORK_ITEMS, searchable(spec.work_items))]
+                if spec.work_items
+                else []
+            ),
         ]
     )
 

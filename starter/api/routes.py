@@ -22,7 +22,7 @@ from temporalio.client import Client
 
 from activities import record
 from activities.pipeline_loader import InvalidPipeline, load_pipeline
-from activities.pipelines import NoStoredPipeline, stored_file, stored_pipeline
+from activities.pipelines import NoStoredPipeline, read_definition, stored_file, stored_pipeline
 from activities.record import Waiting, record_request, request_answered, sender_of
 from activities.record.stored_pipelines import AppliedRevision, stored_definition
 from activities.record.views import RecordedRevision, StatusMatrix, TrailEvent
@@ -251,6 +251,7 @@ def add_routes(api: APIRouter) -> None:
                 changes_of=lambda pinned: release_changes(
                     svc.db, pipeline, pinned, git_mirrors(svc.settings.data_dir)
                 ),
+                request_id=body.request_id,
             )
         except (StageNotFound, ValueError) as err:
             raise Problem(422, "Invalid release", str(err)) from None
@@ -678,10 +679,8 @@ async def _release_source(
         return pipeline, stored.sha256, Path(stored_file(stored))
     assert body.file is not None
     path = server_file(body.file)
-    try:
-        pipeline, revision = load_pipeline(path)
-    except InvalidPipeline as err:
-        raise Problem(422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)) from None
+    definition = read_file(path)
+    pipeline, revision, _ = definition
     await can.release(pipeline)
     latest = await stored_definition(svc.db, pipeline.name)
     if latest is None or latest.sha256 != revision:
@@ -692,22 +691,29 @@ async def _release_source(
                 f" (`stageflow release create {pipeline.name}`) or ask an admin to"
                 " `stageflow pipeline apply` the file"
             )
-        await store(svc, path, can.principal.user)
+        await store(svc, definition, path, can.principal.user)
     return pipeline, revision, path
 
 
-async def store(svc: Service, path: Path, author: str) -> AppliedRevision:
-    """Store the file as a revision and set its triggers (a 503 when Temporal did not
-    take them: the revision is stored, applying again sets them)."""
+async def store(
+    svc: Service, definition: tuple[Pipeline, str, str], path: Path, author: str
+) -> AppliedRevision:
+    """Store what was read from `path` as a revision and set its triggers (a 503 when
+    Temporal did not take them: the revision is stored, applying again sets them)."""
     try:
-        _, applied = await store_and_set(
-            svc.db, await svc.client(), path, author, svc.settings.task_queue
+        return await store_and_set(
+            svc.db, await svc.client(), definition, path, author, svc.settings.task_queue
         )
-    except InvalidPipeline as err:
-        raise Problem(422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)) from None
     except TriggersNotSet as err:
         raise Problem(503, "Triggers not set", str(err)) from None
-    return applied
+
+
+def read_file(path: Path) -> tuple[Pipeline, str, str]:
+    """A pipeline file read once, validated: the pipeline, its sha256, its text."""
+    try:
+        return read_definition(path)
+    except InvalidPipeline as err:
+        raise Problem(422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)) from None
 
 
 def server_file(text: str) -> Path:

@@ -13,8 +13,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
 
-from activities.pipeline_loader import InvalidPipeline, load_pipeline
+from activities.pipeline_loader import InvalidPipeline
 from activities.pipelines import NoStoredPipeline, stored_pipeline
 from activities.record.stored_pipelines import (
     AppliedRevision,
@@ -31,7 +33,7 @@ from starter.api.access import Access
 from starter.api.app import AccessDep, Service, ServiceDep
 from starter.api.params import MAX_NUMBER, Name, PipelineName, StageName, Text
 from starter.api.problems import Problem, not_found
-from starter.api.routes import Action, ValidateBody, server_file, store
+from starter.api.routes import Action, ValidateBody, read_file, server_file, store
 from starter.triggers import TriggerView, list_triggers, pause_trigger
 from workflows.pipeline import Pipeline
 from workflows.triggering import TriggerOutcome
@@ -58,14 +60,9 @@ def add_pipeline_routes(api: APIRouter) -> None:
     )
     async def apply(body: ValidateBody, svc: ServiceDep, can: AccessDep) -> AppliedRevision:
         path = server_file(body.file)
-        try:
-            pipeline, _ = load_pipeline(path)
-        except InvalidPipeline as err:
-            raise Problem(
-                422, "Invalid pipeline", "; ".join(str(p) for p in err.problems)
-            ) from None
-        await can.administer(pipeline.name)
-        return await store(svc, path, can.principal.user)
+        definition = read_file(path)
+        await can.administer(definition[0].name)
+        return await store(svc, definition, path, can.principal.user)
 
     @api.get("/pipelines", tags=["pipelines"], summary="every pipeline, its latest revision")
     async def list_pipelines(svc: ServiceDep, can: AccessDep) -> list[StoredPipeline]:
@@ -123,7 +120,7 @@ class PauseBody(BaseModel):
 
 class FireBody(Action):
     artifacts: dict[Name, Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f]*$")]] = (
-        Field(description="alias → version; the others at their default")
+        Field({}, description="alias → version; the others (all, when empty) at their default")
     )
 
 
@@ -186,6 +183,8 @@ def add_trigger_routes(api: APIRouter) -> None:
             raise not_found(str(err)) from None
         except ValueError as err:  # an unknown alias or version
             raise Problem(422, "Invalid release", str(err)) from None
+        except WorkflowUpdateFailedError as err:
+            raise Problem(409, "Not released", str(err.cause or err)) from None
 
 
 async def _pause(
@@ -200,6 +199,12 @@ async def _pause(
         await pause_trigger(await svc.client(), stored, trigger, pause, note)
     except KeyError as err:
         raise not_found(str(err.args[0])) from None
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise not_found(
+            f"trigger {trigger!r} of {pipeline!r} has no Schedule: apply the pipeline again"
+        ) from None
     return await list_triggers(await svc.client(), stored)
 
 
