@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import jinja2
@@ -23,6 +22,7 @@ from activities.artifact_sources import (
     archive_version,
     is_remote_repository,
 )
+from activities.git_changes import run_git
 from workflows.pipeline import Artifact, GitArtifact, HttpArtifact, LocalArtifact
 from workflows.release import ResolvedArtifact
 
@@ -203,29 +203,12 @@ def _remote_commit(alias: str, repository: str, ref: str) -> str:
 
 
 def _git(alias: str, args: list[str]) -> str:
-    """Run git with an argv list (never a shell): its stdout stripped, or ArtifactError.
-
-    A command that fails quietly (rev-parse --quiet of an unknown ref) gives "".
-    """
-    command = " ".join(["git", *args])
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_SECONDS,
-            # Fail rather than wait for a password nobody will type.
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        )
-    except FileNotFoundError as error:
-        raise ArtifactError(f"artifact {alias!r}: git is not installed") from error
-    except subprocess.TimeoutExpired as error:
-        raise ArtifactError(
-            f"artifact {alias!r}: `{command}` timed out after {GIT_TIMEOUT_SECONDS}s"
-        ) from error
+    """Git's stdout stripped, or ArtifactError. A command that fails quietly (rev-parse
+    --quiet of an unknown ref) gives ""."""
+    done = run_git(alias, args, GIT_TIMEOUT_SECONDS)
     if done.returncode != 0:
         detail = done.stderr.strip().splitlines()
         if detail:
-            raise ArtifactError(f"artifact {alias!r}: `{command}` failed: {detail[-1]}")
+            raise ArtifactError(f"artifact {alias!r}: `git {' '.join(args)}` failed: {detail[-1]}")
         return ""
     return done.stdout.strip()

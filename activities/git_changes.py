@@ -137,7 +137,7 @@ def _mirror(alias: str, url: str, wanted: list[str], cache_dir: Path) -> str:
 def _knows(alias: str, repository: str, revision: str) -> bool:
     """Whether `revision` names a commit in the repository."""
     args = ["-C", repository, "rev-parse", "--verify", "--quiet", "--end-of-options"]
-    return _run(alias, [*args, f"{revision}^{{commit}}"]).returncode == 0
+    return run_git(alias, [*args, f"{revision}^{{commit}}"]).returncode == 0
 
 
 def _log(alias: str, repository: str, revisions: list[str], count: int) -> list[Commit]:
@@ -168,7 +168,7 @@ def _refuse_option(alias: str, value: str, what: str) -> None:
 
 def _git(alias: str, args: list[str], timeout: float = GIT_TIMEOUT_SECONDS) -> str:
     """Git's stdout, or ArtifactError with the command and git's last words."""
-    done = _run(alias, args, timeout)
+    done = run_git(alias, args, timeout)
     if done.returncode != 0:
         detail = done.stderr.strip().splitlines()
         raise ArtifactError(
@@ -178,9 +178,11 @@ def _git(alias: str, args: list[str], timeout: float = GIT_TIMEOUT_SECONDS) -> s
     return done.stdout
 
 
-def _run(
+def run_git(
     alias: str, args: list[str], timeout: float = GIT_TIMEOUT_SECONDS
 ) -> subprocess.CompletedProcess[str]:
+    """Git with an argv list (never a shell), no prompt, a timeout; ArtifactError when git
+    is missing or too slow, the finished process otherwise (its exit code is yours)."""
     try:
         return subprocess.run(
             ["git", *args],

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from activities.calendar import calendar_problems, cron_problems
+from activities.calendar import CalendarProblem, calendar_problems, cron_problems
 from activities.limits import (
     PIPELINE_DEPTH_LIMIT,
     PIPELINE_EXPANDED_LIMIT,
@@ -623,31 +623,25 @@ def _calendar_problems(
 ) -> list[PipelineProblem]:
     """What the `plan_start` activity would refuse at deploy time, said now with its path:
     a bad cron or zone, freezes that cover all time, a schedule always inside freezes."""
-    problems = []
+    found: list[tuple[list[str | int], CalendarProblem]] = []
     for index, stage in enumerate(pipeline.stages):
-        for found in calendar_problems(stage.schedule, stage.freezes, now):
-            items = ["stages", index, *found.path]
-            problems.append(
-                PipelineProblem(
-                    file=file,
-                    line=_key_line(root, items),
-                    path=_format_path(items),
-                    message=found.message,
-                )
-            )
+        for problem in calendar_problems(stage.schedule, stage.freezes, now):
+            found.append((["stages", index], problem))
     for index, trigger in enumerate(pipeline.triggers):
-        if not isinstance(trigger, pipeline_models.ScheduleTrigger):
-            continue
-        for found in cron_problems(trigger.schedule.cron, trigger.schedule.timezone):
-            items = ["triggers", index, "schedule", *found.path]
-            problems.append(
-                PipelineProblem(
-                    file=file,
-                    line=_key_line(root, items),
-                    path=_format_path(items),
-                    message=found.message,
-                )
+        if isinstance(trigger, pipeline_models.ScheduleTrigger):
+            for problem in cron_problems(trigger.schedule.cron, trigger.schedule.timezone):
+                found.append((["triggers", index, "schedule"], problem))
+    problems = []
+    for where, problem in found:
+        items = [*where, *problem.path]
+        problems.append(
+            PipelineProblem(
+                file=file,
+                line=_key_line(root, items),
+                path=_format_path(items),
+                message=problem.message,
             )
+        )
     return problems
 
 

@@ -573,6 +573,17 @@ class Schedule(Model):
         return _check_timezone(value)
 
 
+def _zone_name(value: str) -> str:
+    return _check_timezone(value)
+
+
+def _cron_fields(value: str) -> str:
+    """Five fields; what each may hold is the calendar's to check (plan_start, the loader)."""
+    if len(value.split()) != 5:
+        raise ValueError(f"{value!r}: a cron expression has 5 fields (m h dom mon dow)")
+    return value
+
+
 class Freeze(Model):
     """No deployment starts from each `cron` match for `duration`."""
 
@@ -580,17 +591,8 @@ class Freeze(Model):
     duration: Duration
     timezone: str = "UTC"
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return _check_timezone(value)
-
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"{value!r}: a cron expression has 5 fields (m h dom mon dow)")
-        return value
+    _known_zone = field_validator("timezone")(_zone_name)
+    _five_fields = field_validator("cron")(_cron_fields)
 
 
 NotifyEvent = Literal[
@@ -829,17 +831,8 @@ class CronSchedule(Model):
         False, description="make a release only when an artifact or the pipeline changed"
     )
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return _check_timezone(value)
-
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"{value!r}: a cron expression has 5 fields (m h dom mon dow)")
-        return value
+    _known_zone = field_validator("timezone")(_zone_name)
+    _five_fields = field_validator("cron")(_cron_fields)
 
 
 class ScheduleTrigger(Model):
