@@ -142,7 +142,10 @@ async def test_a_new_drop_version_makes_one_release_and_the_webhook_does_not_mak
 
     (made,) = await wait_for(one_release, timeout=POLL_SECONDS * 2 + 15, what="a release")
     took = time.monotonic() - appeared
-    assert took <= POLL_SECONDS * 2 + 15, took
+    print(f"a release {took:.1f}s after the new version (poll every {POLL_SECONDS}s)")
+    # Within two polls; the slack is the firing's own work and seeing it through the CLI
+    # on a busy machine (1.2-1.6 s in all here, on a quiet one).
+    assert took <= POLL_SECONDS * 2 + 5, took
     assert made["created_by"] == "trigger:artifact-app"
     shown = json.loads(ok(stack.cli("--json", "release", "show", f"{pipeline}/{made['number']}")))
     assert [a["version"] for a in shown["artifacts"]] == ["1.1.0"]
