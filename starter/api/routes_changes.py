@@ -75,7 +75,9 @@ def add_change_routes(api: APIRouter) -> None:
     ) -> ReleaseChangesView:
         spec = await _spec(svc, can, pipeline, number)
         stages = []
-        for stage in await record.deployed_on(svc.db, pipeline):
+        # A release without git artifacts brings no commits: its stages have none to read.
+        known = spec.changes is not None and bool(spec.changes.artifacts)
+        for stage in await record.deployed_on(svc.db, pipeline) if known else []:
             if stage.stage not in spec.pipeline.stage_names:
                 continue
             current = stage.deployed.number if stage.deployed else None
