@@ -312,6 +312,9 @@ async def test_bulk_approval_a_deferral_a_refusal_and_the_pipeline_page(
     # before another tab decided it.
     stale = await page.context.new_page()
     await stale.goto(release)
+    # Its person is writing a comment, so the stale page does not refresh under them
+    # (without one it would, within 2 s, and lose the button the test clicks).
+    await stale.get_by_label("Comment on prod (optional)").first.fill("from the other tab")
     await page.goto(release)
     await page.get_by_test_id("approve-prod").click()
     await expect(page.get_by_test_id("answer")).to_contain_text("approve of prod: accepted")
